@@ -1,0 +1,634 @@
+"""Similarity of two representations of the same datapoints, computed from second moments.
+
+Orientation: every activation matrix is ``(num_datapoints, num_neurons)``; row ``i`` of ``x``
+and row ``i`` of ``y`` are the same input seen by two layers (or one layer at two training
+steps). The reference numpy code of the SVCCA authors uses the transpose, ``(neurons,
+datapoints)``. Inputs may be torch tensors or numpy arrays of any floating dtype; all linear
+algebra runs in float64 on the inputs' device.
+
+Definitions (every similarity lies in [0, 1]; a distance is ``1 - similarity``):
+
+* **Canonical correlations** (Hotelling 1936): with ``Cxx``, ``Cyy``, ``Cxy`` the centered
+  covariance blocks, the singular values of ``Wxᵀ Cxy Wy``, where ``Wx`` whitens ``Cxx``. There
+  are ``min(rank x, rank y)`` of them, in descending order.
+* **Mean CCA**: the plain mean of all canonical correlations, without dropping small ones.
+* **SVCCA** (Raghu et al. 2017): center each input, keep its leading singular directions
+  (scores ``U_k S_k``), then take the mean canonical correlation of the reduced inputs. ``keep``
+  is an int (that many directions) or a float in (0, 1]: the fewest directions whose squared
+  singular values, i.e. variance, reach that fraction of the total (``cutoff="variance"``, as in
+  the reference tutorial). ``cutoff="singular_values"`` uses the fraction of the sum of singular
+  values instead, as some other tools do; it keeps fewer directions for the same ``keep``.
+* **PWCCA** (Morcos, Raghu & Bengio 2018): the weighted mean ``Σ αᵢ ρᵢ / Σ αᵢ`` of the canonical
+  correlations, with ``αᵢ = Σⱼ |⟨hᵢ, xⱼ⟩|``, where ``hᵢ`` is the ``i``-th canonical variate of
+  ``x`` (unit norm) and ``xⱼ`` the ``j``-th centered neuron of ``x``. The weights come from ``x``
+  only, so ``pwcca(x, y) != pwcca(y, x)`` in general. ``reference_code=True`` reproduces the
+  released ``pwcca.compute_pwcca`` instead (un-whitened, un-centered directions).
+* **Linear CKA** (Kornblith et al. 2019): ``‖Cxy‖²_F / (‖Cxx‖_F ‖Cyy‖_F)``.
+* **Debiased linear CKA** (Nguyen, Raghu & Kornblith 2021): CKA from the unbiased HSIC
+  estimator of Song et al. 2012, averaged over minibatches of at least 4 rows.
+
+Invariances: the CCA measures (canonical correlations, mean CCA, and SVCCA with all directions)
+are invariant to any invertible linear map and translation of either input. SVCCA with a
+reduction and linear CKA are invariant to orthogonal maps, isotropic scaling and translation,
+because the reduction and CKA depend on the variance of each direction. PWCCA is invariant to
+any invertible linear map of ``y``, but only to isotropic scaling, translation and permutations
+(or sign flips) of ``x``'s neurons, because its weights add up x's neurons one by one.
+
+Numerics: moments are accumulated in float64 with Chan's pairwise update, so large common offsets
+cost no precision. Whitening uses a symmetric eigendecomposition that drops directions whose
+variance is below ``rtol`` times the largest (dead and duplicate neurons) instead of adding an
+epsilon. CCA needs more datapoints than neurons: with ``num_datapoints <= num_neurons`` any two
+representations have all correlations equal to 1, so that raises; fewer than
+``MIN_DATAPOINTS_PER_NEURON`` datapoints per neuron warns.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import numpy as np
+import torch
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+Measure = Literal["mean_cca", "svcca", "pwcca", "linear_cka"]
+SvccaCutoff = Literal["variance", "singular_values"]
+
+COMPUTE_DTYPE = torch.float64
+DEFAULT_RTOL = 1e-10
+"""Directions with variance below this fraction of the largest are dropped before whitening."""
+MIN_DATAPOINTS_PER_NEURON = 10
+"""Below this many datapoints per neuron, canonical correlations are biased upward: warn."""
+
+
+class SampleSizeWarning(UserWarning):
+    """Too few datapoints per neuron for unbiased canonical correlations."""
+
+
+def _as_matrix(a: ArrayLike, name: str) -> torch.Tensor:
+    """Return ``a`` as a float64 tensor of shape (num_datapoints, num_neurons), checked."""
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(a)
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(a).__name__}")
+    if a.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (num_datapoints, num_neurons), got shape {tuple(a.shape)}; "
+            "convert conv or recurrent activations with cca_monitor.layout.to_datapoints first"
+        )
+    if not (a.is_floating_point() or a.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    a = a.to(COMPUTE_DTYPE)
+    bad = int((~torch.isfinite(a)).sum())
+    if bad:
+        raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf) of {a.numel()}")
+    return a
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            "x and y must have the same datapoints (rows), got "
+            f"x.shape={tuple(x.shape)} and y.shape={tuple(y.shape)}"
+        )
+
+
+def _centered(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = a.mean(dim=0)
+    return mean, a - mean
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigendecomposition of one representation's centered scatter matrix ``Xcᵀ Xc``.
+
+    Attributes:
+        eigenvalues: (k,) descending squared singular values of the centered data, after
+            dropping directions below ``rtol`` times the largest.
+        eigenvectors: (num_neurons, k) matching orthonormal directions in neuron space.
+        num_active_neurons: neurons whose variance is not negligible (dead neurons excluded).
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    num_active_neurons: int
+
+    @classmethod
+    def of(cls, scatter: torch.Tensor, rtol: float = DEFAULT_RTOL) -> Spectrum:
+        """Decompose a symmetric positive semi-definite (d, d) scatter matrix."""
+        eigenvalues, eigenvectors = torch.linalg.eigh(scatter)
+        eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
+        top = eigenvalues[0].clamp_min(0) if eigenvalues.numel() else scatter.new_zeros(())
+        kept = eigenvalues > rtol * top
+        diagonal = scatter.diagonal()
+        active = int((diagonal > rtol * diagonal.max().clamp_min(0)).sum()) if top > 0 else 0
+        return cls(eigenvalues[kept], eigenvectors[:, kept], active)
+
+    @property
+    def rank(self) -> int:
+        """Number of directions kept."""
+        return int(self.eigenvalues.numel())
+
+    def truncated(self, keep: float | int, cutoff: SvccaCutoff = "variance") -> Spectrum:
+        """The leading directions as chosen by SVCCA's ``keep`` (see the module docstring)."""
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)):
+            raise TypeError(f"keep must be an int or a float, got {keep!r}")
+        if isinstance(keep, int):
+            if keep < 1:
+                raise ValueError(f"keep as a number of directions must be >= 1, got {keep}")
+            k = min(keep, self.rank)
+        else:
+            if not 0.0 < keep <= 1.0:
+                raise ValueError(f"keep as a fraction must be in (0, 1], got {keep}")
+            if cutoff == "variance":
+                mass = self.eigenvalues
+            elif cutoff == "singular_values":
+                mass = self.eigenvalues.sqrt()
+            else:
+                raise ValueError(f"cutoff must be 'variance' or 'singular_values', got {cutoff!r}")
+            fraction = mass.cumsum(0) / mass.sum()
+            # fewest directions whose fraction reaches keep (tolerant to rounding at keep=1)
+            k = int((fraction < keep - 1e-12).sum()) + 1
+            k = min(k, self.rank)
+        return Spectrum(self.eigenvalues[:k], self.eigenvectors[:, :k], self.num_active_neurons)
+
+    def whitening(self) -> torch.Tensor:
+        """(num_neurons, k) map ``W`` with ``Wᵀ C W = I`` on the kept directions."""
+        return self.eigenvectors / self.eigenvalues.sqrt()
+
+
+@dataclass(frozen=True)
+class CCAResult:
+    """Canonical correlation analysis of two representations.
+
+    Attributes:
+        correlations: (m,) canonical correlations in descending order, m = min(kx, ky).
+        x_weights: (num_neurons_x, m) canonical weights: ``(x - x.mean(0)) @ x_weights`` are
+            the canonical variates of x, with unit norm.
+        y_weights: (num_neurons_y, m) the same for y.
+        num_directions_x: kx, directions of x kept (after dropping dead/duplicate ones or the
+            SVCCA reduction).
+        num_directions_y: ky, the same for y.
+    """
+
+    correlations: torch.Tensor
+    x_weights: torch.Tensor
+    y_weights: torch.Tensor
+    num_directions_x: int
+    num_directions_y: int
+
+
+class PairMoments:
+    """Streaming joint second moments of two representations of the same datapoints.
+
+    Update it with minibatches of rows (both inputs ``(batch, num_neurons)``), merge two of them
+    (e.g. across processes), then ask for any measure; results equal those on the full
+    matrices. All state is float64 on the device of the first batch.
+
+    Example:
+        >>> x, y = torch.randn(300, 5), torch.randn(300, 4)
+        >>> moments = PairMoments()
+        >>> for rows in torch.arange(300).split(100):
+        ...     moments.update(x[rows], y[rows])
+        >>> abs(moments.mean_cca() - mean_cca(x, y)) < 1e-10
+        True
+    """
+
+    def __init__(self, rtol: float = DEFAULT_RTOL) -> None:
+        if not 0.0 <= rtol < 1.0:
+            raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+        self.rtol = rtol
+        self.count = 0
+        self.mean_x: torch.Tensor | None = None
+        self.mean_y: torch.Tensor | None = None
+        self.scatter_xx: torch.Tensor | None = None
+        self.scatter_yy: torch.Tensor | None = None
+        self.scatter_xy: torch.Tensor | None = None
+        self._spectra: dict[str, Spectrum] = {}
+
+    @classmethod
+    def from_data(cls, x: ArrayLike, y: ArrayLike, *, rtol: float = DEFAULT_RTOL) -> PairMoments:
+        """Moments of two full matrices ``x`` (n, dx) and ``y`` (n, dy)."""
+        moments = cls(rtol)
+        moments.update(x, y)
+        return moments
+
+    def update(self, x: ArrayLike, y: ArrayLike) -> None:
+        """Add a minibatch: ``x`` (batch, dx) and ``y`` (batch, dy), rows aligned."""
+        xb, yb = _as_matrix(x, "x"), _as_matrix(y, "y")
+        _check_pair(xb, yb)
+        if self.scatter_xx is not None and (
+            xb.shape[1] != self.scatter_xx.shape[0] or yb.shape[1] != self.scatter_yy.shape[0]
+        ):
+            raise ValueError(
+                f"minibatch neuron counts ({xb.shape[1]}, {yb.shape[1]}) differ from earlier ones "
+                f"({self.scatter_xx.shape[0]}, {self.scatter_yy.shape[0]})"
+            )
+        if xb.shape[0] == 0:
+            return
+        mean_x, xc = _centered(xb)
+        mean_y, yc = _centered(yb)
+        batch = PairMoments(self.rtol)
+        batch.count = xb.shape[0]
+        batch.mean_x, batch.mean_y = mean_x, mean_y
+        batch.scatter_xx, batch.scatter_yy, batch.scatter_xy = xc.T @ xc, yc.T @ yc, xc.T @ yc
+        self._absorb(batch)
+
+    def merge(self, other: PairMoments) -> PairMoments:
+        """A new accumulator holding the datapoints of both ``self`` and ``other``."""
+        merged = PairMoments(self.rtol)
+        merged._absorb(self)
+        merged._absorb(other)
+        return merged
+
+    def _absorb(self, other: PairMoments) -> None:
+        self._spectra = {}
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.count = other.count
+            self.mean_x, self.mean_y = other.mean_x.clone(), other.mean_y.clone()
+            self.scatter_xx = other.scatter_xx.clone()
+            self.scatter_yy = other.scatter_yy.clone()
+            self.scatter_xy = other.scatter_xy.clone()
+            return
+        if other.scatter_xx.shape != self.scatter_xx.shape or (
+            other.scatter_xy.shape != self.scatter_xy.shape
+        ):
+            raise ValueError(
+                "cannot merge moments of different neuron counts: "
+                f"{tuple(self.scatter_xy.shape)} and {tuple(other.scatter_xy.shape)}"
+            )
+        total = self.count + other.count
+        factor = self.count * other.count / total
+        dx = other.mean_x.to(self.mean_x.device) - self.mean_x
+        dy = other.mean_y.to(self.mean_y.device) - self.mean_y
+        self.scatter_xx = (
+            self.scatter_xx + other.scatter_xx.to(dx.device) + factor * torch.outer(dx, dx)
+        )
+        self.scatter_yy = (
+            self.scatter_yy + other.scatter_yy.to(dx.device) + factor * torch.outer(dy, dy)
+        )
+        self.scatter_xy = (
+            self.scatter_xy + other.scatter_xy.to(dx.device) + factor * torch.outer(dx, dy)
+        )
+        self.mean_x = self.mean_x + dx * (other.count / total)
+        self.mean_y = self.mean_y + dy * (other.count / total)
+        self.count = total
+
+    # -- solving --------------------------------------------------------------------------
+
+    def _require_data(self) -> None:
+        if self.count == 0:
+            raise ValueError("no datapoints: call update() with at least one minibatch first")
+
+    def spectrum(self, side: Literal["x", "y"]) -> Spectrum:
+        """The (cached) :class:`Spectrum` of the x or y scatter matrix."""
+        self._require_data()
+        if side not in self._spectra:
+            scatter = self.scatter_xx if side == "x" else self.scatter_yy
+            self._spectra[side] = Spectrum.of(scatter, self.rtol)
+        return self._spectra[side]
+
+    def _check_sample_size(self) -> None:
+        for side in ("x", "y"):
+            active = self.spectrum(side).num_active_neurons
+            if self.count <= active:
+                raise ValueError(
+                    f"{side} has {active} non-constant neurons but only {self.count} datapoints: "
+                    "CCA needs more datapoints than neurons (with that few, any two "
+                    "representations have all canonical correlations equal to 1); use more "
+                    "probe inputs, conv positions as datapoints, or fewer neurons"
+                )
+            if self.count < MIN_DATAPOINTS_PER_NEURON * active:
+                warnings.warn(
+                    f"{side} has {self.count} datapoints for {active} neurons "
+                    f"(< {MIN_DATAPOINTS_PER_NEURON} per neuron): canonical correlations are "
+                    "biased upward",
+                    SampleSizeWarning,
+                    stacklevel=4,
+                )
+
+    def cca(
+        self,
+        *,
+        keep_x: float | int | None = None,
+        keep_y: float | int | None = None,
+        cutoff: SvccaCutoff = "variance",
+    ) -> CCAResult:
+        """Canonical correlations and weights; ``keep_*`` reduce each side as SVCCA does."""
+        self._require_data()
+        self._check_sample_size()
+        sx, sy = self.spectrum("x"), self.spectrum("y")
+        if keep_x is not None:
+            sx = sx.truncated(keep_x, cutoff)
+        if keep_y is not None:
+            sy = sy.truncated(keep_y, cutoff)
+        return _solve_cca(sx, sy, self.scatter_xy)
+
+    def canonical_correlations(self) -> torch.Tensor:
+        """(m,) canonical correlations, descending, m = min(rank x, rank y)."""
+        return self.cca().correlations
+
+    def mean_cca(self) -> float:
+        """Mean of all canonical correlations."""
+        return _mean(self.cca().correlations)
+
+    def svcca(self, *, keep: float | int = 0.99, cutoff: SvccaCutoff = "variance") -> float:
+        """SVCCA similarity (see the module docstring for ``keep`` and ``cutoff``)."""
+        return _mean(self.cca(keep_x=keep, keep_y=keep, cutoff=cutoff).correlations)
+
+    def pwcca(self, *, reference_code: bool = False) -> float:
+        """PWCCA similarity with weights from x (paper definition) or as the reference code."""
+        if reference_code:
+            return self._pwcca_reference_code()
+        result = self.cca()
+        sx = self.spectrum("x")
+        # <h_i, x_j> = a_iᵀ Cxx e_j with a_i = x_weights[:, i]
+        projections = result.x_weights.T @ self.scatter_xx
+        return _weighted_mean(result.correlations, projections.abs().sum(dim=1)) if sx.rank else 0.0
+
+    def _pwcca_reference_code(self) -> float:
+        """PWCCA as the released ``pwcca.compute_pwcca`` computes it, from moments.
+
+        The released function whitens symmetrically, takes the left singular vectors ``u`` of
+        the smaller side as un-whitened directions, adds the neuron means back, orthonormalizes
+        them by QR and projects the *un-centered* activations on them. When x has more neurons
+        than y it fails; the y-side branch it intends is used here instead.
+        """
+        self._require_data()
+        self._check_sample_size()
+        sx, sy = self.spectrum("x"), self.spectrum("y")
+        symmetric_x = sx.whitening() @ sx.eigenvectors.T
+        symmetric_y = sy.whitening() @ sy.eigenvectors.T
+        u, s, vh = torch.linalg.svd(symmetric_x @ self.scatter_xy @ symmetric_y)
+        if self.scatter_xx.shape[0] <= self.scatter_yy.shape[0]:
+            directions, scatter, mean = u, self.scatter_xx, self.mean_x
+        else:
+            directions, scatter, mean = vh.T, self.scatter_yy, self.mean_y
+        # Gram of the directions' time courses (Xc u + 1 mᵀ); its Cholesky factor is QR's R.
+        gram = directions.T @ scatter @ directions + self.count * torch.outer(mean, mean)
+        upper = torch.linalg.cholesky(gram, upper=True)
+        cross = directions.T @ scatter + self.count * torch.outer(mean, mean)
+        projections = torch.linalg.solve_triangular(upper.T, cross, upper=False)
+        weights = projections.abs().sum(dim=1)[: s.numel()]
+        return _weighted_mean(s.clamp(0, 1), weights)
+
+    def linear_cka(self) -> float:
+        """Linear CKA similarity."""
+        self._require_data()
+        denominator = torch.linalg.matrix_norm(self.scatter_xx) * torch.linalg.matrix_norm(
+            self.scatter_yy
+        )
+        if denominator == 0:
+            return math.nan
+        value = torch.linalg.matrix_norm(self.scatter_xy) ** 2 / denominator
+        return float(value.clamp(0, 1))
+
+    def similarity(self, measure: Measure) -> float:
+        """The named measure with its default settings."""
+        return getattr(self, _check_measure(measure))()
+
+
+def _solve_cca(sx: Spectrum, sy: Spectrum, scatter_xy: torch.Tensor) -> CCAResult:
+    wx, wy = sx.whitening(), sy.whitening()
+    try:
+        u, s, vh = torch.linalg.svd(wx.T @ scatter_xy @ wy, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        warnings.warn(
+            "SVD did not converge; returning NaN correlations", RuntimeWarning, stacklevel=3
+        )
+        m = min(sx.rank, sy.rank)
+        nan = scatter_xy.new_full((m,), math.nan)
+        return CCAResult(nan, wx[:, :m] * math.nan, wy[:, :m] * math.nan, sx.rank, sy.rank)
+    return CCAResult(s.clamp(0, 1), wx @ u, wy @ vh.T, sx.rank, sy.rank)
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.mean().clamp(0, 1)) if values.numel() else 0.0
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float:
+    total = weights.sum()
+    if not total > 0:
+        return math.nan
+    return float((values * weights).sum().div(total).clamp(0, 1))
+
+
+def _check_measure(measure: str) -> str:
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; choose from {sorted(MEASURES)}")
+    return measure
+
+
+# -- functions on full matrices -------------------------------------------------------------
+
+
+def cca(x: ArrayLike, y: ArrayLike, *, rtol: float = DEFAULT_RTOL) -> CCAResult:
+    """Canonical correlation analysis of ``x`` (n, dx) and ``y`` (n, dy).
+
+    Returns:
+        A :class:`CCAResult` with the correlations (descending) and the canonical weights.
+
+    Example:
+        >>> x = torch.randn(200, 3, dtype=torch.float64)
+        >>> result = cca(x, x @ torch.randn(3, 3, dtype=torch.float64))
+        >>> bool(torch.allclose(result.correlations, torch.ones(3, dtype=torch.float64)))
+        True
+    """
+    return PairMoments.from_data(x, y, rtol=rtol).cca()
+
+
+def canonical_correlations(
+    x: ArrayLike, y: ArrayLike, *, rtol: float = DEFAULT_RTOL
+) -> torch.Tensor:
+    """All canonical correlations of ``x`` (n, dx) and ``y`` (n, dy), descending, float64.
+
+    Example:
+        >>> canonical_correlations(torch.randn(100, 4), torch.randn(100, 2)).shape
+        torch.Size([2])
+    """
+    return cca(x, y, rtol=rtol).correlations
+
+
+def mean_cca(x: ArrayLike, y: ArrayLike, *, rtol: float = DEFAULT_RTOL) -> float:
+    """Mean of all canonical correlations of ``x`` (n, dx) and ``y`` (n, dy), in [0, 1].
+
+    Example:
+        >>> x = torch.randn(100, 4)
+        >>> round(mean_cca(x, 2 * x + 1), 6)
+        1.0
+    """
+    return PairMoments.from_data(x, y, rtol=rtol).mean_cca()
+
+
+def svcca(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    keep: float | int = 0.99,
+    cutoff: SvccaCutoff = "variance",
+    rtol: float = DEFAULT_RTOL,
+) -> float:
+    """SVCCA similarity of ``x`` (n, dx) and ``y`` (n, dy), in [0, 1]; symmetric.
+
+    Args:
+        x: Activations (num_datapoints, num_neurons).
+        y: Activations of the same datapoints (num_datapoints, num_neurons_y).
+        keep: Int: number of leading singular directions kept per input. Float in (0, 1]: the
+            fewest directions reaching that fraction of the variance (``cutoff="variance"``,
+            squared singular values) or of the singular-value sum (``"singular_values"``).
+        cutoff: What a float ``keep`` is a fraction of.
+        rtol: Relative tolerance below which directions are dropped as degenerate.
+
+    Example:
+        >>> x = torch.randn(500, 8)
+        >>> round(svcca(x, x @ torch.linalg.qr(torch.randn(8, 8))[0]), 6)
+        1.0
+    """
+    return PairMoments.from_data(x, y, rtol=rtol).svcca(keep=keep, cutoff=cutoff)
+
+
+def pwcca(
+    x: ArrayLike, y: ArrayLike, *, reference_code: bool = False, rtol: float = DEFAULT_RTOL
+) -> float:
+    """Projection-weighted CCA similarity of ``x`` (n, dx) to ``y`` (n, dy), in [0, 1].
+
+    The weights come from ``x``: ``αᵢ = Σⱼ |⟨hᵢ, xⱼ⟩|`` with ``hᵢ`` x's unit-norm canonical
+    variates and ``xⱼ`` its centered neurons (Morcos et al. 2018). Asymmetric: put the
+    representation whose structure should weigh the correlations first. Because the weights
+    add up ``x``'s individual neurons, PWCCA is invariant to isotropic scaling, translation and
+    neuron permutations of ``x`` but not to rotations of it; ``y`` may undergo any invertible
+    linear map.
+
+    Args:
+        x: Activations (num_datapoints, num_neurons) that supply the weights.
+        y: Activations of the same datapoints (num_datapoints, num_neurons_y).
+        reference_code: Reproduce the released ``pwcca.compute_pwcca`` (which projects
+            un-whitened, un-centered directions, and takes the side with fewer neurons).
+        rtol: Relative tolerance below which directions are dropped as degenerate.
+
+    Example:
+        >>> x = torch.randn(500, 6)
+        >>> round(pwcca(x, 3 * x - 1), 6)
+        1.0
+    """
+    return PairMoments.from_data(x, y, rtol=rtol).pwcca(reference_code=reference_code)
+
+
+def linear_cka(x: ArrayLike, y: ArrayLike) -> float:
+    """Linear CKA similarity of ``x`` (n, dx) and ``y`` (n, dy), in [0, 1]; symmetric.
+
+    Example:
+        >>> x = torch.randn(100, 5)
+        >>> round(linear_cka(x, 0.001 * x), 6)
+        1.0
+    """
+    return PairMoments.from_data(x, y).linear_cka()
+
+
+def _unbiased_hsic_terms(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
+    """Unbiased HSIC (Song et al. 2012) of two (m, m) Gram matrices, m >= 4."""
+    m = k.shape[0]
+    k = k - torch.diag_embed(k.diagonal())
+    l_ = l_ - torch.diag_embed(l_.diagonal())
+    ones_k, ones_l = k.sum(dim=1), l_.sum(dim=1)
+    value = (
+        (k * l_).sum()
+        + ones_k.sum() * ones_l.sum() / ((m - 1) * (m - 2))
+        - 2.0 / (m - 2) * (ones_k @ ones_l)
+    )
+    return value / (m * (m - 3))
+
+
+def debiased_linear_cka(x: ArrayLike, y: ArrayLike, *, batch_size: int | None = None) -> float:
+    """Linear CKA from the unbiased HSIC estimator, averaged over minibatches of rows.
+
+    Following Nguyen, Raghu & Kornblith 2021: ``Σ_b HSIC₁(K_b, L_b) / sqrt(Σ_b HSIC₁(K_b, K_b)
+    Σ_b HSIC₁(L_b, L_b))`` with linear kernels of consecutive row blocks of ``batch_size``
+    (None: one block of all rows). Every block needs at least 4 rows. Unlike linear CKA, it can
+    be slightly negative for unrelated inputs; the result is clamped to [0, 1].
+
+    Args:
+        x: Activations (num_datapoints, num_neurons).
+        y: Activations of the same datapoints (num_datapoints, num_neurons_y).
+        batch_size: Rows per block; the last block may be shorter but must have >= 4 rows.
+
+    Example:
+        >>> x = torch.randn(64, 5)
+        >>> round(debiased_linear_cka(x, x, batch_size=16), 6)
+        1.0
+    """
+    xm, ym = _as_matrix(x, "x"), _as_matrix(y, "y")
+    _check_pair(xm, ym)
+    n = xm.shape[0]
+    size = n if batch_size is None else batch_size
+    if size < 4 or n < 4:
+        raise ValueError(f"batch_size must be >= 4 rows for the unbiased HSIC, got {size} (n={n})")
+    if n % size and n % size < 4:
+        raise ValueError(
+            f"the last minibatch has {n % size} rows (n={n}, batch_size={size}); "
+            "each needs >= 4: choose a batch_size that divides n or leaves >= 4 rows"
+        )
+    xy = xx = yy = xm.new_zeros(())
+    for rows in torch.arange(n, device=xm.device).split(size):
+        k, l_ = xm[rows] @ xm[rows].T, ym[rows] @ ym[rows].T
+        xy = xy + _unbiased_hsic_terms(k, l_)
+        xx = xx + _unbiased_hsic_terms(k, k)
+        yy = yy + _unbiased_hsic_terms(l_, l_)
+    denominator = (xx * yy).sqrt()
+    if not denominator > 0:
+        return math.nan
+    return float((xy / denominator).clamp(0, 1))
+
+
+def random_baseline(
+    x: ArrayLike, y: ArrayLike, measure: Measure, *, repeats: int = 3, seed: int = 0
+) -> float:
+    """Mean similarity of ``x`` with row-shuffled copies of ``y``: the noise floor of a measure.
+
+    Unrelated representations do not score 0 with finite data (CCA finds chance correlations);
+    this is the level that "no relation" reaches with these shapes.
+
+    Args:
+        x: Activations (num_datapoints, num_neurons).
+        y: Activations of the same datapoints (num_datapoints, num_neurons_y).
+        measure: One of ``MEASURES``.
+        repeats: Number of independent shuffles averaged.
+        seed: Seed of the private generator for the shuffles (the global RNG is untouched).
+    """
+    _check_measure(measure)
+    xm, ym = _as_matrix(x, "x"), _as_matrix(y, "y")
+    _check_pair(xm, ym)
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    generator = torch.Generator().manual_seed(seed)
+    values = [
+        MEASURES[measure](xm, ym[torch.randperm(ym.shape[0], generator=generator).to(ym.device)])
+        for _ in range(repeats)
+    ]
+    return float(np.mean(values))
+
+
+MEASURES: dict[str, Callable[..., float]] = {
+    "mean_cca": mean_cca,
+    "svcca": svcca,
+    "pwcca": pwcca,
+    "linear_cka": linear_cka,
+}
+"""Similarity functions by name; each takes ``(x, y)`` of shape (n, d) and returns [0, 1]."""
+
+
+def similarities(x: ArrayLike, y: ArrayLike, measures: Iterable[Measure]) -> dict[str, float]:
+    """Several measures of one pair, sharing the moments and eigendecompositions.
+
+    Example:
+        >>> x = torch.randn(200, 4)
+        >>> sorted(similarities(x, x, ["svcca", "linear_cka"]))
+        ['linear_cka', 'svcca']
+    """
+    moments = PairMoments.from_data(x, y)
+    return {m: moments.similarity(m) for m in measures}
