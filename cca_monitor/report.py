@@ -180,6 +180,7 @@ def _add_figure(writer: SummaryWriter, tag: str, figure: Figure, step: int) -> N
 def _check_extras_arguments(
     records: Sequence[DistanceRecord], measures: Sequence[str], layers: Sequence[str]
 ) -> None:
+    """Reject arguments that would leave the TensorBoard output half written."""
     _check_sequence(records, "records", "DistanceRecord")
     _check_sequence(measures, "measures", "measure names")
     _check_sequence(layers, "layers", "layer names")
@@ -189,6 +190,18 @@ def _check_extras_arguments(
         raise ValueError(
             f"`measures` and `layers` must be non-empty, got measures={list(measures)} and "
             f"layers={list(layers)}."
+        )
+    drawable = {r.measure for r in records if r.reference == "final"}
+    missing = [measure for measure in measures if measure not in drawable]
+    if missing:
+        raise ValueError(
+            f"`measures` {missing} have no distances to the final representation in `records`; "
+            f"measures that have: {sorted(drawable)}."
+        )
+    recorded = {r.layer for r in records}
+    if not recorded.intersection(layers):
+        raise ValueError(
+            f"None of `layers` {list(layers)} has records; layers with records: {sorted(recorded)}."
         )
 
 
@@ -235,11 +248,12 @@ def log_tensorboard_extras(
         ValueError: If ``records``, ``measures`` or ``layers`` is empty, or a measure has no
             records of distances to the final representation.
     """
-    writers = [logger.experiment for logger in tensorboard_loggers(loggers)]
-    if writers:
-        _check_extras_arguments(records, measures, layers)
-    for writer in writers:
-        _write_extras(writer, records, measures, layers)
+    selected = tensorboard_loggers(loggers)
+    if not selected:
+        return
+    _check_extras_arguments(records, measures, layers)
+    for logger in selected:
+        _write_extras(logger.experiment, records, measures, layers)
 
 
 def write_tensorboard(
