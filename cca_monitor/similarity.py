@@ -48,12 +48,12 @@ import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
+ArrayLike = torch.Tensor | np.ndarray
 Measure = Literal["mean_cca", "svcca", "pwcca", "linear_cka"]
 SvccaCutoff = Literal["variance", "singular_values"]
 
@@ -424,6 +424,21 @@ def _check_measure(measure: str) -> str:
     return measure
 
 
+def check_measures(measures: Iterable[str]) -> list[str]:
+    """Validate a collection of measure names; return them as a list without duplicates.
+
+    Raises:
+        TypeError: If ``measures`` is a single string rather than a collection.
+        ValueError: If it is empty or names an unknown measure.
+    """
+    if isinstance(measures, str):
+        raise TypeError(f"measures must be a collection of names, e.g. [{measures!r}]")
+    names = list(dict.fromkeys(measures))
+    if not names:
+        raise ValueError(f"measures must name at least one of {sorted(MEASURES)}")
+    return [_check_measure(name) for name in names]
+
+
 # -- functions on full matrices -------------------------------------------------------------
 
 
@@ -630,5 +645,6 @@ def similarities(x: ArrayLike, y: ArrayLike, measures: Iterable[Measure]) -> dic
         >>> sorted(similarities(x, x, ["svcca", "linear_cka"]))
         ['linear_cka', 'svcca']
     """
+    names = check_measures(measures)
     moments = PairMoments.from_data(x, y)
-    return {m: moments.similarity(m) for m in measures}
+    return {m: moments.similarity(m) for m in names}

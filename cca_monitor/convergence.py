@@ -1,0 +1,206 @@
+"""Distances between snapshots: each layer to its final representation, or to the previous one.
+
+Pure computation over activation matrices of shape (num_datapoints, num_neurons) and stored
+snapshots; no Lightning, no logging backends. The reference representation (final or previous)
+is always the first argument of the similarity, so for the asymmetric PWCCA the weights come
+from the reference: every snapshot of a layer is weighed by the same final structure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+
+from cca_monitor.records import DistanceRecord, Reference
+from cca_monitor.similarity import Measure, PairMoments, SampleSizeWarning, check_measures
+from cca_monitor.storage import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+def layer_distances(
+    reference: torch.Tensor,
+    snapshot: torch.Tensor,
+    measures: Sequence[Measure],
+) -> tuple[dict[str, float], list[str]]:
+    """Distances (1 - similarity) of one layer's snapshot to a reference snapshot.
+
+    Args:
+        reference: Reference activations (num_datapoints, num_neurons), e.g. the final ones.
+        snapshot: Activations of the same layer and probe (num_datapoints, num_neurons).
+        measures: Measure names, see :data:`cca_monitor.similarity.MEASURES`.
+
+    Returns:
+        ``({measure: distance}, problems)``: a distance is NaN when it cannot be computed (too
+        few datapoints, non-finite values, mismatched shapes), and ``problems`` holds one
+        message per reason, for the caller to report once.
+    """
+    problems: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SampleSizeWarning)
+        try:
+            moments = PairMoments.from_data(reference, snapshot)
+            values = {m: 1.0 - moments.similarity(m) for m in measures}
+        except (ValueError, torch.linalg.LinAlgError) as error:
+            problems.append(str(error))
+            values = dict.fromkeys(measures, math.nan)
+    problems.extend(str(w.message) for w in caught if issubclass(w.category, SampleSizeWarning))
+    return values, list(dict.fromkeys(problems))
+
+
+def snapshot_distances(
+    reference: Mapping[str, torch.Tensor],
+    snapshot: Mapping[str, torch.Tensor],
+    measures: Sequence[Measure],
+    *,
+    step: int,
+    kind: Reference,
+) -> tuple[list[DistanceRecord], dict[str, list[str]]]:
+    """Distances of every layer present in both snapshots, as records at ``step``.
+
+    Returns:
+        The records, and ``{layer: problems}`` for layers with something to report.
+    """
+    records: list[DistanceRecord] = []
+    problems: dict[str, list[str]] = {}
+    for layer, activations in snapshot.items():
+        if layer not in reference:
+            continue
+        values, layer_problems = layer_distances(reference[layer], activations, measures)
+        records.extend(DistanceRecord(step, layer, m, kind, values[m]) for m in measures)
+        if layer_problems:
+            problems[layer] = layer_problems
+    return records, problems
+
+
+def distances_to_reference(
+    store: SnapshotStore,
+    measures: Sequence[Measure],
+    *,
+    reference_step: int | None = None,
+) -> list[DistanceRecord]:
+    """Distance of every stored snapshot of every layer to the reference snapshot.
+
+    Reads one snapshot at a time, so memory holds two snapshots at most.
+
+    Args:
+        store: The run's snapshots.
+        measures: Measure names, see :data:`cca_monitor.similarity.MEASURES`.
+        reference_step: Step of the reference snapshot; None means the last one (the final
+            representation).
+
+    Returns:
+        Records with ``reference="final"``, one per (step, layer, measure). A layer missing
+        from the reference snapshot gets none; problems are logged once per layer as warnings.
+
+    Raises:
+        ValueError: If the store holds no snapshots or ``reference_step`` is not one of them.
+    """
+    steps = _stored_steps(store)
+    if reference_step is None:
+        reference_step = steps[-1]
+    if reference_step not in steps:
+        raise ValueError(f"reference_step {reference_step} is not a stored step; steps: {steps}")
+    reference = store.read(reference_step)
+    return _collect(store, steps, measures, lambda _previous: reference, "final")
+
+
+def distances_to_previous(
+    store: SnapshotStore, measures: Sequence[Measure]
+) -> list[DistanceRecord]:
+    """Distance of every stored snapshot of every layer to the snapshot before it.
+
+    Returns:
+        Records with ``reference="previous"``, none for the first step.
+    """
+    return _collect(store, _stored_steps(store), measures, lambda previous: previous, "previous")
+
+
+def _stored_steps(store: SnapshotStore) -> list[int]:
+    steps = store.steps()
+    if not steps:
+        raise ValueError(f"no snapshots found in {store.directory}")
+    return steps
+
+
+def _collect(
+    store: SnapshotStore,
+    steps: Sequence[int],
+    measures: Sequence[Measure],
+    reference_for: Callable[[dict[str, torch.Tensor] | None], dict[str, torch.Tensor] | None],
+    kind: Reference,
+) -> list[DistanceRecord]:
+    """Distances of each stored snapshot to ``reference_for(previous snapshot)``."""
+    measures = check_measures(measures)
+    records: list[DistanceRecord] = []
+    problems: dict[str, list[str]] = {}
+    previous: dict[str, torch.Tensor] | None = None
+    for step in steps:
+        snapshot = store.read(step)
+        reference = reference_for(previous)
+        if reference is not None:
+            step_records, step_problems = snapshot_distances(
+                reference, snapshot, measures, step=step, kind=kind
+            )
+            records.extend(step_records)
+            for layer, messages in step_problems.items():
+                problems.setdefault(layer, []).extend(messages)
+        previous = snapshot
+    report_problems(problems)
+    return records
+
+
+def report_problems(problems: Mapping[str, Iterable[str]]) -> None:
+    """Warn once per layer with the distinct reasons its distances are NaN or biased."""
+    for layer, messages in problems.items():
+        distinct = list(dict.fromkeys(messages))
+        log.warning("layer %r: %s", layer, "; ".join(distinct))
+
+
+def convergence_steps(
+    records: Iterable[DistanceRecord],
+    *,
+    measure: str = "svcca",
+    threshold: float = 0.1,
+) -> dict[str, int | None]:
+    """First step at which each layer came within ``threshold`` of its final representation.
+
+    "Came within" means the distance to final is ``<= threshold`` at that snapshot and at every
+    later one, so a layer that dips and moves away again counts from when it settled.
+
+    Args:
+        records: Records with ``reference="final"``; others are ignored.
+        measure: The measure to read.
+        threshold: Distance (1 - similarity) that counts as converged.
+
+    Returns:
+        ``{layer: step or None}`` in the order layers first appear; None when no finite
+        distance is recorded.
+
+    Example:
+        >>> rs = [DistanceRecord(s, "fc", "svcca", "final", d) for s, d in [(0, .5), (5, .05),
+        ...       (10, .2), (15, .0)]]
+        >>> convergence_steps(rs)
+        {'fc': 15}
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        if record.reference == "final" and record.measure == measure:
+            curves.setdefault(record.layer, []).append((record.step, record.distance))
+    result: dict[str, int | None] = {}
+    for layer, points in curves.items():
+        settled: int | None = None
+        for step, distance in sorted(points, reverse=True):
+            if math.isnan(distance):
+                continue
+            if distance > threshold:
+                break
+            settled = step
+        result[layer] = settled
+    return result
