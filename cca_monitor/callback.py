@@ -151,6 +151,7 @@ class CCAMonitor(Callback):
         self._captured: list[int] = []
         self._previous: dict[str, torch.Tensor] | None = None
         self._resumed_fingerprint: str | None = None
+        self._resumed_run_dir: Path | None = None
 
     @property
     @override
@@ -199,7 +200,7 @@ class CCAMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._captured = list(state_dict.get("captured_steps", []))
         run_dir = state_dict.get("run_dir")
-        self.dirpath = self.dirpath or (Path(run_dir) if run_dir else None)
+        self._resumed_run_dir = Path(run_dir) if run_dir else None
         self._resumed_fingerprint = state_dict.get("probe_fingerprint")
 
     # -- setup -------------------------------------------------------------------------------
@@ -208,10 +209,28 @@ class CCAMonitor(Callback):
         model = unwrap_model(pl_module)
         self._layers = resolve_layer_names(model, self.layers)
         run_dir = self.dirpath if self.dirpath is not None else Path(trainer.log_dir or ".")
+        self._use_run_dir(trainer, run_dir)
+
+    def _use_run_dir(self, trainer: pl.Trainer, run_dir: Path) -> None:
         self.run_dir = Path(trainer.strategy.broadcast(str(run_dir)))
         self.store = SnapshotStore(self.run_dir / SNAPSHOT_DIR_NAME)
 
+    def _continue_resumed_series(self, trainer: pl.Trainer) -> None:
+        """After a checkpoint restore, keep writing to the resumed run's snapshot folder."""
+        resumed = self._resumed_run_dir
+        if resumed is None or self.dirpath is not None or resumed == self.run_dir:
+            return
+        if (resumed / SNAPSHOT_DIR_NAME).is_dir():
+            self._use_run_dir(trainer, resumed)
+        else:
+            rank_zero_warn(
+                f"CCAMonitor: the resumed run's snapshots ({resumed / SNAPSHOT_DIR_NAME}) are "
+                f"gone; the series restarts in {self.run_dir}"
+            )
+            self._captured = []
+
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._continue_resumed_series(trainer)
         self._probe = self._resolve_probe(trainer)
         fingerprint = _fingerprint(self._probe)
         if self._resumed_fingerprint is not None and self._resumed_fingerprint != fingerprint:

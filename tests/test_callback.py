@@ -1,0 +1,307 @@
+"""CCAMonitor on real Trainer runs of a tiny model."""
+
+import csv
+import json
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from lightning_models import TinyConvNet, tiny_dataset, tiny_loaders, tiny_trainer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cca_monitor import CCAMonitor, SnapshotStore
+from cca_monitor.callback import SNAPSHOT_DIR_NAME
+
+LAYERS = ["conv", "fc1", "fc2"]
+ZERO_TOL = 1e-9
+STEPS_PER_EPOCH = 8  # 256 examples / batch 32
+
+
+def _fit(tmp_path, monitor=None, seed=0, **trainer_kwargs):
+    pl.seed_everything(seed, verbose=False)
+    model = TinyConvNet(frozen_bn=trainer_kwargs.pop("frozen_bn", False))
+    train, val = tiny_loaders()
+    callbacks = [monitor] if monitor is not None else []
+    trainer = tiny_trainer(tmp_path, callbacks=callbacks, **trainer_kwargs)
+    trainer.fit(model, train, val)
+    return trainer, model
+
+
+def _events(log_dir):
+    accumulator = EventAccumulator(
+        str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
+    )
+    accumulator.Reload()
+    return accumulator
+
+
+def test_event_files_hold_the_convergence_curves(tmp_path):
+    monitor = CCAMonitor(num_snapshots=5)
+    trainer, _ = _fit(tmp_path, monitor)
+    last = trainer.global_step
+    assert last == 2 * STEPS_PER_EPOCH
+    expected_steps = [0, 4, 8, 12, 16]
+    events = _events(trainer.log_dir)
+    scalar_tags = set(events.Tags()["scalars"])
+    for measure in ("svcca", "pwcca"):
+        for layer in LAYERS:
+            tag = f"cca/{measure}_to_final/{layer}"
+            assert tag in scalar_tags
+            points = events.Scalars(tag)
+            assert [p.step for p in points] == expected_steps
+            assert points[-1].value == pytest.approx(0.0, abs=1e-6)
+            assert points[0].value > 0.0
+            previous = events.Scalars(f"cca/{measure}_to_previous/{layer}")
+            assert [p.step for p in previous] == expected_steps[1:]
+    images = set(events.Tags()["images"])
+    assert {"cca/svcca_to_final_curves", "cca/svcca_to_final_heatmap"} <= images
+    assert "custom_scalars__config__" in events.Tags()["tensors"]
+    assert "cca/snapshot_seconds" in scalar_tags
+
+    for name in [
+        "cca_results.csv",
+        "cca_results.json",
+        "cca_svcca_to_final.png",
+        "cca_svcca_heatmap.png",
+        "cca_pwcca_to_final.png",
+    ]:
+        assert (monitor.run_dir / name).is_file(), name
+    summary = json.loads((monitor.run_dir / "cca_results.json").read_text())["summary"]
+    assert summary["steps"] == expected_steps
+    assert set(summary["convergence_step"]) == set(LAYERS)
+    assert SnapshotStore(monitor.run_dir / SNAPSHOT_DIR_NAME).steps() == expected_steps
+
+
+def test_results_in_memory_match_files(tmp_path):
+    monitor = CCAMonitor(num_snapshots=3, measures=["mean_cca", "linear_cka"])
+    _fit(tmp_path, monitor, max_epochs=1)
+    final = [r for r in monitor.results if r.reference == "final"]
+    assert {r.measure for r in final} == {"mean_cca", "linear_cka"}
+    assert all(0.0 <= r.distance <= 1.0 for r in final)
+    with open(monitor.run_dir / "cca_results.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(monitor.results)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"accumulate_grad_batches": 2}, {"frozen_bn": True}, {"precision": "bf16-mixed"}],
+    ids=["plain", "accumulate", "frozen-bn", "bf16"],
+)
+def test_training_is_bit_identical_with_and_without_monitor(tmp_path, options):
+    """Dropout, BatchNorm and a shuffled loader: any RNG or mode leak changes the weights."""
+    trainer_a, without = _fit(tmp_path / "a", None, **dict(options))
+    trainer_b, with_monitor = _fit(
+        tmp_path / "b", CCAMonitor(every_n_train_steps=3), **dict(options)
+    )
+    state_a, state_b = _state(without), _state(with_monitor)
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    optim_a = trainer_a.optimizers[0].state_dict()["state"]
+    optim_b = trainer_b.optimizers[0].state_dict()["state"]
+    for index in optim_a:
+        for name, value in optim_a[index].items():
+            assert torch.equal(value, optim_b[index][name]), (index, name)
+    assert trainer_a.callback_metrics["train_loss"] == trainer_b.callback_metrics["train_loss"]
+    assert with_monitor.training and with_monitor.drop.training
+
+
+def test_the_monitor_does_change_the_model_when_rng_is_not_restored(tmp_path, monkeypatch):
+    """The identical-weights test can fail: a leak of the RNG state makes it differ."""
+    import cca_monitor.capture as capture
+
+    monkeypatch.setattr(capture, "_preserved_rng_state", _consume_rng)
+    _, without = _fit(tmp_path / "a", None)
+    _, with_monitor = _fit(tmp_path / "b", CCAMonitor(every_n_train_steps=3))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(_state(without).values(), _state(with_monitor).values())
+    )
+
+
+class _consume_rng:
+    def __enter__(self):
+        torch.rand(1)
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_every_n_train_steps_with_first_and_last(tmp_path):
+    monitor = CCAMonitor(every_n_train_steps=5)
+    trainer, _ = _fit(tmp_path, monitor)
+    assert monitor.store.steps() == [0, 5, 10, 15, 16]
+    assert trainer.global_step == 16
+
+
+def test_csv_logger_alone(tmp_path):
+    monitor = CCAMonitor(num_snapshots=3)
+    trainer, _ = _fit(tmp_path, monitor, logger=pl.loggers.CSVLogger(tmp_path, name="csv"))
+    with open(trainer.loggers[0].experiment.metrics_file_path, newline="") as file:
+        reader = csv.DictReader(file)
+        columns = set(reader.fieldnames)
+        rows = list(reader)
+    assert "cca/svcca_to_final/fc1" in columns
+    assert "cca/pwcca_to_previous/conv" in columns
+    final_steps = [int(r["step"]) for r in rows if r["cca/svcca_to_final/fc1"]]
+    assert final_steps == [0, 8, 16]
+    assert (monitor.run_dir / "cca_results.json").is_file()
+    assert (monitor.run_dir / "cca_svcca_heatmap.png").is_file()
+
+
+def test_no_logger_writes_under_default_root_dir(tmp_path):
+    monitor = CCAMonitor(num_snapshots=3)
+    _fit(tmp_path, monitor, logger=False)
+    assert monitor.run_dir == tmp_path
+    assert (tmp_path / "cca_results.csv").is_file()
+    assert (tmp_path / SNAPSHOT_DIR_NAME).is_dir()
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        tiny_dataset(200, 5).tensors[0],
+        tiny_dataset(200, 5),
+        torch.utils.data.DataLoader(tiny_dataset(200, 5), batch_size=7, shuffle=True),
+    ],
+    ids=["tensor", "dataset", "shuffled-loader"],
+)
+def test_probe_sources_give_the_same_probe(tmp_path, probe):
+    monitor = CCAMonitor(probe, num_snapshots=2, probe_size=200)
+    _fit(tmp_path, monitor, max_epochs=1)
+    snapshot = monitor.store.read(0)
+    assert snapshot["fc1"].shape == (200, 16)
+    assert snapshot["conv"].shape == (200 * 36, 4)
+
+
+def test_default_probe_is_first_validation_examples(tmp_path):
+    monitor = CCAMonitor(num_snapshots=2, probe_size=100)
+    _fit(tmp_path, monitor, max_epochs=1)
+    assert torch.equal(monitor._probe, tiny_dataset(128, 1).tensors[0][:100])
+
+
+def test_layer_selection_by_glob(tmp_path):
+    monitor = CCAMonitor(layers=["fc*"], num_snapshots=2)
+    _fit(tmp_path, monitor, max_epochs=1)
+    assert set(monitor.store.read(0)) == {"fc1", "fc2"}
+
+
+def test_unknown_layer_lists_available_names(tmp_path):
+    with pytest.raises(ValueError, match=r"'nope'.*available.*'fc1'"):
+        _fit(tmp_path, CCAMonitor(layers=["nope"]))
+
+
+def test_named_layer_wider_than_probe_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="no more datapoints than neurons"):
+        _fit(tmp_path, CCAMonitor(layers=["fc1"], probe_size=10))
+
+
+def test_default_layer_wider_than_probe_is_dropped_with_warning(tmp_path):
+    with pytest.warns(UserWarning, match="not monitored"):
+        monitor = CCAMonitor(probe_size=10)
+        _fit(tmp_path, monitor, max_epochs=1)
+    assert set(monitor.store.read(0)) == {"conv", "fc2"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"measures": ["svcca", "cosine"]}, ValueError, "unknown measure 'cosine'"),
+        ({"measures": "svcca"}, TypeError, "collection of names"),
+        ({"measures": []}, ValueError, "at least one"),
+        ({"layers": []}, ValueError, "layers is empty"),
+        ({"layers": "fc1"}, TypeError, r"\['fc1'\]"),
+        ({"every_n_train_steps": 2, "schedule": lambda s: True}, ValueError, "not both"),
+        ({"schedule": 5}, TypeError, "callable"),
+        ({"every_n_train_steps": 0}, ValueError, ">= 1"),
+        ({"num_snapshots": 1}, ValueError, "num_snapshots must be >= 2"),
+        ({"probe_size": 1.5}, TypeError, "probe_size must be an int"),
+        ({"convergence_threshold": 2.0}, ValueError, r"\[0, 1\]"),
+        ({"probe": [1, 2, 3]}, TypeError, "probe must be a tensor"),
+    ],
+    ids=[
+        "unknown-measure",
+        "measure-str",
+        "no-measures",
+        "no-layers",
+        "layers-str",
+        "two-schedules",
+        "bad-schedule",
+        "n-zero",
+        "one-snapshot",
+        "probe-size-float",
+        "threshold",
+        "probe-list",
+    ],
+)
+def test_bad_arguments_fail_in_init(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        CCAMonitor(**kwargs)
+
+
+def test_non_finite_layer_is_skipped_and_training_goes_on(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    monitor = CCAMonitor(layers=["conv", "fc1"], every_n_train_steps=4)
+    trainer = tiny_trainer(tmp_path, callbacks=[monitor], limit_val_batches=0)
+    model = TinyConvNet()
+
+    def poison_probe_at_step_12(module, args, output):
+        if trainer.global_step == 12 and not module.training:
+            output.fill_(math.nan)
+
+    model.fc1.register_forward_hook(poison_probe_at_step_12)
+    with pytest.warns(UserWarning, match=r"layer 'fc1' has \d+ non-finite values at step 12"):
+        trainer.fit(model, tiny_loaders()[0])
+    assert 12 in monitor.store.steps()
+    assert "fc1" not in monitor.store.read(12)
+    assert "fc1" in monitor.store.read(16)
+    assert trainer.global_step == 16
+
+
+def test_resume_continues_the_snapshot_series(tmp_path):
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    monitor = CCAMonitor(every_n_train_steps=4, dirpath=tmp_path / "run")
+    pl.seed_everything(0, verbose=False)
+    train, val = tiny_loaders()
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=1, callbacks=[monitor, checkpoint], enable_checkpointing=True
+    )
+    trainer.fit(TinyConvNet(), train, val)
+    assert monitor.store.steps() == [0, 4, 8]
+
+    resumed = CCAMonitor(every_n_train_steps=4)
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[resumed])
+    trainer.fit(TinyConvNet(), train, val, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.run_dir == tmp_path / "run"
+    assert resumed.store.steps() == [0, 4, 8, 12, 16]
+    final_steps = sorted({r.step for r in resumed.results if r.reference == "final"})
+    assert final_steps == [0, 4, 8, 12, 16]
+
+
+def test_resume_with_another_probe_is_an_error(tmp_path):
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    train, val = tiny_loaders()
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=1,
+        enable_checkpointing=True,
+        callbacks=[CCAMonitor(every_n_train_steps=4), checkpoint],
+    )
+    trainer.fit(TinyConvNet(), train, val)
+    other_probe = tiny_dataset(300, 9).tensors[0]
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=2, callbacks=[CCAMonitor(other_probe, every_n_train_steps=4)]
+    )
+    with pytest.raises(ValueError, match="probe set differs"):
+        trainer.fit(TinyConvNet(), train, val, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
+def test_state_key_depends_on_configuration():
+    assert CCAMonitor(layers=["fc1"]).state_key != CCAMonitor(layers=["fc2"]).state_key
+    assert CCAMonitor().state_key == CCAMonitor().state_key
