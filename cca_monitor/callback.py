@@ -1,4 +1,4 @@
-"""``CCAMonitor``: the Lightning callback that snapshots layers on a probe set and reports CCA curves.
+"""``CCAMonitor``: the Lightning callback that snapshots layers and reports their CCA curves.
 
 Orchestration only: the probe forward is :func:`cca_monitor.capture.capture_activations`,
 files are :class:`cca_monitor.storage.SnapshotStore`, distances come from
@@ -130,7 +130,8 @@ class CCAMonitor(Callback):
             )
         if probe is not None and not isinstance(probe, (torch.Tensor, Dataset, DataLoader)):
             raise TypeError(
-                f"probe must be a tensor, a Dataset, a DataLoader or None, got {type(probe).__name__}"
+                "probe must be a tensor, a Dataset, a DataLoader or None, "
+                f"got {type(probe).__name__}"
             )
         self.probe_source = probe
         self.layers = list(layers) if layers is not None else None

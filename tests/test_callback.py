@@ -109,7 +109,8 @@ def test_training_is_bit_identical_with_and_without_monitor(tmp_path, options):
         for name, value in optim_a[index].items():
             assert torch.equal(value, optim_b[index][name]), (index, name)
     assert trainer_a.callback_metrics["train_loss"] == trainer_b.callback_metrics["train_loss"]
-    assert with_monitor.training and with_monitor.drop.training
+    assert with_monitor.training
+    assert with_monitor.drop.training
 
 
 def test_the_monitor_does_change_the_model_when_rng_is_not_restored(tmp_path, monkeypatch):
@@ -121,7 +122,7 @@ def test_the_monitor_does_change_the_model_when_rng_is_not_restored(tmp_path, mo
     _, with_monitor = _fit(tmp_path / "b", CCAMonitor(every_n_train_steps=3))
     assert any(
         not torch.equal(a, b)
-        for a, b in zip(_state(without).values(), _state(with_monitor).values())
+        for a, b in zip(_state(without).values(), _state(with_monitor).values(), strict=True)
     )
 
 
@@ -203,8 +204,8 @@ def test_named_layer_wider_than_probe_is_rejected(tmp_path):
 
 
 def test_default_layer_wider_than_probe_is_dropped_with_warning(tmp_path):
+    monitor = CCAMonitor(probe_size=10)
     with pytest.warns(UserWarning, match="not monitored"):
-        monitor = CCAMonitor(probe_size=10)
         _fit(tmp_path, monitor, max_epochs=1)
     assert set(monitor.store.read(0)) == {"conv", "fc2"}
 
