@@ -25,20 +25,13 @@ from torch.utils.data.dataloader import default_collate
 from typing_extensions import override
 
 from cca_monitor.capture import capture_activations, resolve_layer_names, unwrap_model
-from cca_monitor.convergence import (
-    convergence_steps,
-    distances_to_previous,
-    distances_to_reference,
-    report_problems,
-    snapshot_distances,
-)
+from cca_monitor.convergence import analyse_snapshots, report_problems, snapshot_distances
 from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode
-from cca_monitor.plots import save_figures
 from cca_monitor.records import DistanceRecord
-from cca_monitor.report import log_records, log_tensorboard_extras
+from cca_monitor.report import log_records, write_report
 from cca_monitor.schedule import evenly_spaced, every_n_steps
 from cca_monitor.similarity import Measure, check_measures
-from cca_monitor.storage import SnapshotStore, write_results
+from cca_monitor.storage import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -353,25 +346,14 @@ class CCAMonitor(Callback):
         if not self.store.steps():
             rank_zero_warn("CCAMonitor has no snapshots on disk; nothing to report")
             return
-        to_final = distances_to_reference(self.store, self.measures)
-        to_previous = distances_to_previous(self.store, self.measures)
-        self.results = to_final + to_previous
-        steps = convergence_steps(
-            to_final, measure=self.measures[0], threshold=self.convergence_threshold
+        analysis = analyse_snapshots(
+            self.store,
+            self.measures,
+            threshold=self.convergence_threshold,
+            layers=self._layers,
         )
-        self.summary = {
-            "measure": self.measures[0],
-            "threshold": self.convergence_threshold,
-            "convergence_step": steps,
-            "steps": self.store.steps(),
-            "layers": self._layers,
-        }
-        write_results(self.results, self.run_dir, summary=self.summary)
-        log_records(trainer.loggers, to_final)
-        layers = [layer for layer in self._layers if any(r.layer == layer for r in to_final)]
-        if layers:
-            log_tensorboard_extras(trainer.loggers, self.results, self.measures, layers)
-            save_figures(self.results, self.run_dir, self.measures)
+        self.results, self.summary = analysis.records, analysis.summary
+        write_report(analysis, self.run_dir, loggers=trainer.loggers)
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

@@ -12,6 +12,8 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -152,6 +154,64 @@ def _collect(
         previous = snapshot
     report_problems(problems)
     return records
+
+
+@dataclass(frozen=True)
+class RunAnalysis:
+    """Everything computed from one run's snapshots.
+
+    Attributes:
+        records: Distances to the final (reference) snapshot, then to the previous snapshot.
+        layers: Layers with distances to final, bottom to top (model order).
+        measures: The measures computed; the first one is used for ``convergence_step``.
+        summary: JSON-ready dict: ``measure``, ``threshold``, ``convergence_step``
+            ({layer: first step within ``threshold`` of final, or None}), ``steps``,
+            ``reference_step`` and ``layers``.
+    """
+
+    records: list[DistanceRecord]
+    layers: list[str]
+    measures: list[str]
+    summary: dict[str, Any]
+
+
+def analyse_snapshots(
+    store: SnapshotStore,
+    measures: Sequence[Measure],
+    *,
+    reference_step: int | None = None,
+    threshold: float = 0.1,
+    layers: Sequence[str] | None = None,
+) -> RunAnalysis:
+    """Distances to the final and to the previous snapshot, and the convergence summary.
+
+    Args:
+        store: The run's snapshots.
+        measures: Measure names; the first one defines the convergence steps.
+        reference_step: The snapshot treated as final; None means the last one.
+        threshold: Distance counted as converged.
+        layers: Layer order for reports; None means the order found in the reference.
+
+    Returns:
+        A :class:`RunAnalysis`.
+    """
+    measures = check_measures(measures)
+    to_final = distances_to_reference(store, measures, reference_step=reference_step)
+    to_previous = distances_to_previous(store, measures)
+    found = list(dict.fromkeys(record.layer for record in to_final))
+    ordered = [layer for layer in (layers or found) if layer in found]
+    steps = store.steps()
+    summary = {
+        "measure": measures[0],
+        "threshold": threshold,
+        "convergence_step": convergence_steps(
+            to_final, measure=measures[0], threshold=threshold
+        ),
+        "steps": steps,
+        "reference_step": steps[-1] if reference_step is None else reference_step,
+        "layers": ordered,
+    }
+    return RunAnalysis(to_final + to_previous, ordered, measures, summary)
 
 
 def report_problems(problems: Mapping[str, Iterable[str]]) -> None:

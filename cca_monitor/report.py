@@ -21,12 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from cca_monitor.plots import convergence_figure, figure_to_image, heatmap_figure
+from cca_monitor.plots import convergence_figure, figure_to_image, heatmap_figure, save_figures
 from cca_monitor.records import DistanceRecord
+from cca_monitor.storage import write_results
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from matplotlib.figure import Figure
     from pytorch_lightning.loggers import Logger
+
+    from cca_monitor.convergence import RunAnalysis
 
 __all__ = [
     "LAYOUT_CATEGORIES",
@@ -35,6 +40,7 @@ __all__ = [
     "log_tensorboard_extras",
     "scalar_tag",
     "tensorboard_loggers",
+    "write_report",
     "write_tensorboard",
 ]
 
@@ -289,3 +295,35 @@ def write_tensorboard(
     finally:
         writer.close()
     log.info("Wrote TensorBoard events for %d records to %s", len(records), log_dir)
+
+
+def write_report(
+    analysis: RunAnalysis,
+    directory: str | os.PathLike[str],
+    *,
+    loggers: Sequence[Logger] = (),
+    tensorboard_dir: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """Write a run's analysis: result files, PNG figures and TensorBoard output.
+
+    Writes ``cca_results.csv``, ``cca_results.json`` (records and summary) and the figures of
+    :func:`~cca_monitor.plots.save_figures` into ``directory``. The distances to final go to
+    every logger in ``loggers`` (the distances to the previous snapshot are logged during
+    training), with the TensorBoard layout and figures; with ``tensorboard_dir`` instead, all
+    records are written there as TensorBoard events without a trainer.
+
+    Returns:
+        The paths of the CSV, JSON and PNG files.
+    """
+    paths = list(write_results(analysis.records, directory, summary=analysis.summary))
+    if not analysis.layers:
+        log.warning("No layer has distances to report; only the result files were written")
+        return paths
+    paths += save_figures(analysis.records, directory, analysis.measures)
+    to_final = [record for record in analysis.records if record.reference == "final"]
+    if loggers:
+        log_records(loggers, to_final)
+        log_tensorboard_extras(loggers, analysis.records, analysis.measures, analysis.layers)
+    if tensorboard_dir is not None:
+        write_tensorboard(analysis.records, tensorboard_dir, analysis.measures, analysis.layers)
+    return paths
