@@ -8,8 +8,8 @@ from the reference: every snapshot of a layer is weighed by the same final struc
 
 from __future__ import annotations
 
-import logging
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +21,8 @@ from cca_monitor.records import DistanceRecord, Reference
 from cca_monitor.similarity import Measure, PairMoments, SampleSizeWarning, check_measures
 from cca_monitor.storage import SnapshotStore
 
-log = logging.getLogger(__name__)
+_SIDE_PREFIX = re.compile(r"^[xy] (?=has |contains )")
+"""The side named by a similarity message, meaningless once the layer is named instead."""
 
 
 def layer_distances(
@@ -214,11 +215,21 @@ def analyse_snapshots(
     return RunAnalysis(to_final + to_previous, ordered, measures, summary)
 
 
+class LayerWarning(UserWarning):
+    """A layer's distances are NaN or statistically weak (e.g. too few datapoints)."""
+
+
 def report_problems(problems: Mapping[str, Iterable[str]]) -> None:
-    """Warn once per layer with the distinct reasons its distances are NaN or biased."""
+    """Warn about each layer with the distinct reasons its distances are NaN or biased.
+
+    The same message for the same layer is shown once per process (Python's default warning
+    filter), so a run with many snapshots warns once, not at every snapshot.
+    """
     for layer, messages in problems.items():
-        distinct = list(dict.fromkeys(messages))
-        log.warning("layer %r: %s", layer, "; ".join(distinct))
+        # both sides of a pair share the layer's shape: "x has 512 ..." and "y has 512 ..."
+        # become one "layer 'fc1' has 512 ..."
+        distinct = dict.fromkeys(_SIDE_PREFIX.sub("", message) for message in messages)
+        warnings.warn(f"layer {layer!r} {'; '.join(distinct)}", LayerWarning, stacklevel=2)
 
 
 def convergence_steps(

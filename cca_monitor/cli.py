@@ -1,0 +1,172 @@
+"""The ``cca-monitor`` command: ``demo`` trains with the monitor attached, ``report`` recomputes.
+
+Examples::
+
+    cca-monitor demo --out cca_demo
+    cca-monitor report cca_demo/mnist_cnn/version_0 --measures svcca pwcca mean_cca
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cca_monitor.callback import SNAPSHOT_DIR_NAME
+from cca_monitor.convergence import RunAnalysis, analyse_snapshots
+from cca_monitor.similarity import MEASURES
+from cca_monitor.storage import SnapshotStore
+
+TABLE_COLUMNS = 4
+"""Snapshot steps shown in the printed table (evenly picked, first and last included)."""
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cca_monitor.callback import CCAMonitor
+    from cca_monitor.demo import run_demo
+
+    monitor = CCAMonitor(measures=args.measures, num_snapshots=args.num_snapshots)
+    result = run_demo(
+        args.out,
+        max_epochs=args.epochs,
+        seed=args.seed,
+        callbacks=[monitor],
+        fast_dev=args.smoke,
+    )
+    print(
+        f"Trained for {result.seconds:.1f} s: validation accuracy {result.val_accuracy:.2%}\n"
+        f"TensorBoard logs: {result.log_dir}  (tensorboard --logdir {args.out})\n"
+    )
+    print(format_table(monitor.results, monitor.summary))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    store = _find_store(Path(args.run_dir))
+    metadata = store.read_metadata()
+    measures = args.measures or metadata.get("measures") or ["svcca", "pwcca"]
+    analysis = analyse_snapshots(
+        store,
+        measures,
+        reference_step=args.reference_step,
+        threshold=args.threshold,
+        layers=metadata.get("layers"),
+    )
+    from cca_monitor.report import write_report
+
+    out = Path(args.out) if args.out else store.directory.parent / "cca_report"
+    paths = write_report(analysis, out, tensorboard_dir=out / "tensorboard")
+    print(format_table(analysis.records, analysis.summary))
+    print(f"\nWrote {len(paths)} files and TensorBoard events to {out}")
+    return 0
+
+
+def _find_store(run_dir: Path) -> SnapshotStore:
+    for candidate in (run_dir / SNAPSHOT_DIR_NAME, run_dir):
+        store = SnapshotStore(candidate)
+        if store.steps():
+            return store
+    raise SystemExit(
+        f"cca-monitor: no snapshots in {run_dir} or {run_dir / SNAPSHOT_DIR_NAME}; pass the "
+        "run's log dir (the folder holding cca_snapshots/)"
+    )
+
+
+def format_table(records: RunAnalysis | Sequence, summary: dict) -> str:
+    """A plain-text table: each layer's distance to final at a few steps and its convergence.
+
+    Args:
+        records: Distance records of a run (``RunAnalysis.records`` or ``CCAMonitor.results``).
+        summary: The run's summary (``measure``, ``threshold``, ``convergence_step``, ``steps``).
+    """
+    measure, threshold = summary["measure"], summary["threshold"]
+    steps = summary["steps"]
+    picks = sorted(
+        {steps[round(i * (len(steps) - 1) / (TABLE_COLUMNS - 1))] for i in range(TABLE_COLUMNS)}
+    )
+    values = {
+        (r.layer, r.step): r.distance
+        for r in records
+        if r.reference == "final" and r.measure == measure
+    }
+    layers = summary["layers"]
+    width = max([len("layer"), *map(len, layers)])
+    header = f"{'layer':<{width}}  " + "  ".join(f"{'step ' + str(s):>10}" for s in picks)
+    header += f"  {'within ' + str(threshold):>12}"
+    lines = [f"{measure} distance to the final representation", header, "-" * len(header)]
+    for layer in layers:
+        cells = "  ".join(_cell(values.get((layer, s))) for s in picks)
+        converged = summary["convergence_step"].get(layer)
+        reached = f"step {converged}" if converged is not None else "never"
+        lines.append(f"{layer:<{width}}  {cells}  {reached:>12}")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return f"{'n/a':>10}" if value is None or math.isnan(value) else f"{value:>10.3f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``cca-monitor``."""
+    parser = argparse.ArgumentParser(
+        prog="cca-monitor",
+        description="Watch every layer of a network converge to its final representation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="train a small CNN on 5,000 real MNIST digits with the monitor attached"
+    )
+    demo.add_argument("--out", default="cca_demo", help="log folder (default: ./cca_demo)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--num-snapshots", type=int, default=20)
+    demo.add_argument("--measures", nargs="+", default=["svcca", "pwcca"], choices=MEASURES)
+    demo.add_argument("--smoke", action="store_true", help="a few batches only (seconds)")
+    demo.set_defaults(run=_demo)
+
+    report = commands.add_parser(
+        "report", help="recompute the curves of a run from its stored snapshots"
+    )
+    report.add_argument("run_dir", help="the run's log dir (holding cca_snapshots/)")
+    report.add_argument(
+        "--measures",
+        nargs="+",
+        choices=MEASURES,
+        default=None,
+        help="default: the measures the run was monitored with",
+    )
+    report.add_argument(
+        "--reference-step",
+        type=int,
+        default=None,
+        help="snapshot treated as final (default: the last one)",
+    )
+    report.add_argument(
+        "--threshold", type=float, default=0.1, help="distance counted as converged (default 0.1)"
+    )
+    report.add_argument("--out", default=None, help="output folder (default: RUN_DIR/cca_report)")
+    report.set_defaults(run=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cca-monitor``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "epochs", 0) is None:
+        from cca_monitor.demo import DEFAULT_MAX_EPOCHS
+
+        args.epochs = DEFAULT_MAX_EPOCHS
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

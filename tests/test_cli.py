@@ -1,0 +1,68 @@
+"""The cca-monitor command: demo (smoke) and report on the demo's output."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cca_monitor.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--smoke", "--out", str(out), "--num-snapshots", "4"]) == 0
+    return out, next(out.glob("mnist_cnn/version_*"))
+
+
+def test_demo_smoke_prints_table_and_writes_events(demo_run, capsys):
+    out, run_dir = demo_run
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert (run_dir / "cca_results.json").is_file()
+    summary = json.loads((run_dir / "cca_results.json").read_text())["summary"]
+    assert summary["layers"] == ["conv1", "conv2", "fc1", "fc2"]
+
+
+def test_demo_output_prints_a_table(tmp_path, capsys):
+    main(["demo", "--smoke", "--out", str(tmp_path), "--num-snapshots", "3"])
+    printed = capsys.readouterr().out
+    assert "svcca distance to the final representation" in printed
+    for layer in ["conv1", "conv2", "fc1", "fc2"]:
+        assert f"\n{layer} " in printed
+    assert "within 0.1" in printed
+
+
+def test_report_recomputes_other_measures(demo_run, tmp_path, capsys):
+    _, run_dir = demo_run
+    out = tmp_path / "report"
+    assert (
+        main(["report", str(run_dir), "--measures", "mean_cca", "linear_cka", "--out", str(out)])
+        == 0
+    )
+    assert "mean_cca distance to the final representation" in capsys.readouterr().out
+    results = json.loads((out / "cca_results.json").read_text())
+    assert {r["measure"] for r in results["records"]} == {"mean_cca", "linear_cka"}
+    assert (out / "cca_linear_cka_heatmap.png").is_file()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert "cca/mean_cca_to_final/conv1" in events.Tags()["scalars"]
+
+
+def test_report_with_another_reference_step(demo_run, tmp_path):
+    _, run_dir = demo_run
+    out = tmp_path / "report"
+    main(["report", str(run_dir), "--reference-step", "0", "--out", str(out)])
+    records = json.loads((out / "cca_results.json").read_text())["records"]
+    at_zero = [r["distance"] for r in records if r["step"] == 0 and r["reference"] == "final"]
+    assert at_zero and max(at_zero) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_report_without_snapshots_explains(tmp_path):
+    with pytest.raises(SystemExit, match="no snapshots"):
+        main(["report", str(tmp_path)])
+
+
+def test_unknown_measure_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", ".", "--measures", "cosine"])
+    assert "invalid choice" in capsys.readouterr().err
