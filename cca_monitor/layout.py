@@ -9,25 +9,62 @@ place where layer outputs are brought into that layout:
 * convolution outputs ``(N, C, *spatial)`` (Conv1d, Conv2d, Conv3d and their transposes) have
   channels as neurons; ``conv_mode`` chooses what a datapoint is (see :data:`ConvMode`);
 * sequence outputs ``(N, T, H)`` (recurrent layers, batch first) have every time step of every
-  example as a datapoint and the hidden units as neurons.
+  example as a datapoint and the hidden units as neurons (:func:`sequence_to_datapoints`), or
+  give one ``(N, H)`` matrix per time step (:func:`per_timestep`).
+
+:func:`to_datapoints` turns one activation into one matrix. Two ways of comparing convolution
+outputs need more than that, and are offered as functions of a pair of activations; together
+with the single-matrix modes they are the values of :data:`ConvPairMode`, all available through
+:func:`conv_similarity`:
+
+* ``"dft"``: the 2-D discrete Fourier transform of every channel splits a convolution output
+  into one ``(N, 2C)`` matrix per spatial frequency (:func:`dft_frequency_blocks`), and a
+  measure is computed per frequency and averaged (:func:`per_frequency_similarity`), following
+  Raghu et al. (2017): for translation-invariant data the frequencies are uncorrelated with each
+  other, so the CCA of the ``"flatten"`` layout splits into one small CCA per frequency, and
+  the mean CCA over frequencies equals that of ``"flatten"`` at a fraction of its cost.
+* ``"interpolate"``: two outputs of different spatial sizes are resized to a common size and laid
+  out as ``"positions"`` with aligned rows (:func:`match_spatial`).
+
+Layers whose output is a tuple, list or dict (recurrent layers, attention, custom modules) are
+reduced to one tensor before any of this, by the ``output_index`` selector of
+:class:`cca_monitor.capture.ActivationRecorder` and
+:func:`cca_monitor.capture.capture_activations`; the functions here take that tensor.
 
 The module depends on torch only.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import itertools
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import torch
+from torch.nn import functional
 
 __all__ = [
     "DEFAULT_MAX_ROWS",
     "ConvMode",
+    "ConvPairMode",
     "LayoutKind",
+    "MeasureFn",
     "check_layout_arguments",
+    "conv_similarity",
+    "dft_frequency_blocks",
+    "match_spatial",
+    "per_frequency",
+    "per_frequency_similarity",
+    "per_timestep",
     "sequence_to_datapoints",
     "to_datapoints",
 ]
+
+_T = TypeVar("_T")
+
+MeasureFn = Callable[[torch.Tensor, torch.Tensor], float]
+"""A similarity of two ``(num_datapoints, num_neurons)`` matrices with the same rows, e.g. one
+of ``cca_monitor.similarity.MEASURES``."""
 
 ConvMode = Literal["positions", "avgpool", "flatten"]
 """How a convolution output ``(N, C, *spatial)`` becomes a matrix.
@@ -38,6 +75,19 @@ ConvMode = Literal["positions", "avgpool", "flatten"]
   ``activation[n, :, h, w]``. This treats a channel as one neuron, as in Raghu et al. (2017).
 * ``"avgpool"``: the mean over the spatial positions, ``(N, C)``.
 * ``"flatten"``: every (channel, position) pair is a neuron, ``(N, C * prod(spatial))``.
+"""
+
+ConvPairMode = Literal["positions", "avgpool", "flatten", "dft", "interpolate"]
+"""How two convolution outputs are compared by :func:`conv_similarity`.
+
+* ``"positions"``, ``"avgpool"``, ``"flatten"``: each output is laid out by
+  :func:`to_datapoints` (see :data:`ConvMode`) and the measure compares the two matrices.
+  ``"positions"`` needs equal spatial sizes, so that the rows are the same (example, position)
+  pairs.
+* ``"dft"``: the measure per spatial frequency, averaged over the frequencies; see
+  :func:`per_frequency_similarity`. Needs equal spatial sizes.
+* ``"interpolate"``: both outputs resized to a common spatial size, then ``"positions"``; see
+  :func:`match_spatial`.
 """
 
 LayoutKind = Literal["auto", "conv", "sequence"]
@@ -62,6 +112,11 @@ needs to give meaningful correlations.
 
 _CONV_RANKS = (3, 4, 5)
 _SEQUENCE_RANK = 3
+_CONV_MODES = ("positions", "avgpool", "flatten")
+_CONV_PAIR_MODES = (*_CONV_MODES, "dft", "interpolate")
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+"""Interpolation mode of ``torch.nn.functional.interpolate`` by number of spatial dimensions."""
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def to_datapoints(
@@ -113,8 +168,7 @@ def to_datapoints(
         >>> to_datapoints(x, max_rows=50).shape
         torch.Size([50, 16])
     """
-    if not isinstance(activation, torch.Tensor):
-        raise TypeError(f"activation must be a torch.Tensor, got {type(activation).__name__}.")
+    _check_tensor(activation, "activation")
     check_layout_arguments(kind=kind, conv_mode=conv_mode, max_rows=max_rows, seed=seed)
     matrix = _reshape(activation, kind=kind, conv_mode=conv_mode)
     if max_rows is not None and matrix.shape[0] > max_rows:
@@ -153,7 +207,7 @@ def check_layout_arguments(
     """
     for name, value, choices in (
         ("kind", kind, ("auto", "conv", "sequence")),
-        ("conv_mode", conv_mode, ("positions", "avgpool", "flatten")),
+        ("conv_mode", conv_mode, _CONV_MODES),
     ):
         if value not in choices:
             raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
@@ -183,12 +237,248 @@ def sequence_to_datapoints(sequence: torch.Tensor) -> torch.Tensor:
         >>> sequence_to_datapoints(torch.zeros(4, 10, 32)).shape
         torch.Size([40, 32])
     """
-    if sequence.dim() != _SEQUENCE_RANK:
-        raise ValueError(
-            f"A sequence must be a batch-first (N, T, H) tensor, got shape "
-            f"{tuple(sequence.shape)}. Put recurrent outputs batch first before converting."
-        )
+    _check_sequence(sequence)
     return sequence.reshape(-1, sequence.shape[-1]).contiguous()
+
+
+def per_timestep(sequence: torch.Tensor) -> list[torch.Tensor]:
+    """Split a sequence into one matrix per time step: ``(N, T, H) -> T x (N, H)``.
+
+    Use it to compare two recurrent layers (or one at two training steps) time step by time
+    step, e.g. ``[svcca(a, b) for a, b in zip(per_timestep(x), per_timestep(y))]``; this needs
+    more examples than hidden units at every step, whereas :func:`sequence_to_datapoints` pools
+    the time steps into ``N * T`` datapoints.
+
+    Args:
+        sequence: A batch-first sequence ``(N, T, H)``.
+
+    Returns:
+        ``T`` contiguous ``(N, H)`` tensors; element ``t`` holds ``sequence[:, t]``, with the
+        examples as datapoints and the hidden units as neurons.
+
+    Raises:
+        TypeError: If ``sequence`` is not a tensor.
+        ValueError: If ``sequence`` is not 3-D.
+
+    Examples:
+        >>> steps = per_timestep(torch.zeros(4, 10, 32))
+        >>> len(steps), tuple(steps[0].shape)
+        (10, (4, 32))
+    """
+    _check_tensor(sequence, "sequence")
+    _check_sequence(sequence)
+    return list(sequence.transpose(0, 1).contiguous().unbind(0))
+
+
+def dft_frequency_blocks(activation: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
+    """Split a convolution output into one real matrix per spatial frequency.
+
+    The discrete Fourier transform over the spatial dimensions (``torch.fft.fftn``, i.e.
+    ``torch.fft.fft2`` for Conv2d outputs) of every channel turns ``(N, C, H, W)`` into complex
+    coefficients ``F[n, c, u, v]``. For each frequency ``(u, v)`` the ``(N, C)`` complex matrix
+    ``F[:, :, u, v]`` is returned as the real ``(N, 2C)`` matrix ``[Re F | Im F]``: the examples
+    are the datapoints and the real and imaginary parts of the channels' coefficients are the
+    neurons. A complex-linear map of the channels is a real-linear map of these ``2C`` neurons,
+    so CCA of two such blocks finds every complex canonical correlation of the frequency (twice,
+    once per real dimension, when the coefficients' real and imaginary parts are equally
+    spread, as for translation-invariant data).
+
+    For a real input the coefficients at ``(u, v)`` and ``(-u mod H, -v mod W)`` are complex
+    conjugates, so both blocks give the same canonical correlations; at the frequencies that are
+    their own conjugate (``(0, 0)``, and those with ``u = H/2`` or ``v = W/2`` for even sizes)
+    the imaginary half is zero, and the measures leave such constant neurons out.
+
+    Args:
+        activation: A real channels-first convolution output ``(N, C, *spatial)`` with one to
+            three spatial dimensions; float16 and bfloat16 are transformed in float32.
+
+    Returns:
+        Frequency index -> contiguous ``(N, 2C)`` real tensor ``[Re | Im]``, on the input's
+        device and in the real dtype of the transform (float32 for float16/bfloat16/float32
+        input, float64 for float64). Keys are tuples with one index per spatial dimension
+        (``(u, v)`` for Conv2d outputs), in row-major order of the frequency grid: all
+        ``prod(spatial)`` frequencies of the full (not one-sided) transform.
+
+    Raises:
+        TypeError: If ``activation`` is not a tensor or is complex.
+        ValueError: If ``activation`` is not of rank 3 to 5.
+
+    Examples:
+        >>> blocks = dft_frequency_blocks(torch.randn(8, 16, 5, 6))
+        >>> len(blocks), tuple(blocks[(2, 3)].shape)
+        (30, (8, 32))
+    """
+    _check_conv(activation, "activation")
+    if activation.is_complex():
+        raise TypeError(
+            f"activation must be real, got dtype {activation.dtype}; pass the layer output "
+            "itself, not its Fourier transform."
+        )
+    if activation.dtype in _HALF_DTYPES:
+        activation = activation.float()
+    spatial = tuple(activation.shape[2:])
+    coefficients = torch.fft.fftn(activation, dim=tuple(range(2, activation.dim())))
+    # (N, 2C, *spatial) -> (*spatial, N, 2C): each frequency's block is contiguous
+    stacked = torch.cat([coefficients.real, coefficients.imag], dim=1)
+    stacked = stacked.permute(*range(2, activation.dim()), 0, 1).contiguous()
+    return {index: stacked[index] for index in itertools.product(*map(range, spatial))}
+
+
+def per_frequency(
+    x: torch.Tensor, y: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], _T]
+) -> dict[tuple[int, ...], _T]:
+    """Apply ``fn`` to the blocks of every spatial frequency of two convolution outputs.
+
+    Args:
+        x: A convolution output ``(N, C, *spatial)``.
+        y: A convolution output of the same examples and spatial size, ``(N, C_y, *spatial)``.
+        fn: Called as ``fn(x_block, y_block)`` on the ``(N, 2C)`` and ``(N, 2C_y)`` blocks of
+            each frequency (see :func:`dft_frequency_blocks`), e.g. a similarity measure, or
+            ``cca_monitor.similarity.canonical_correlations`` to see the correlations.
+
+    Returns:
+        Frequency index -> ``fn``'s result, keyed as in :func:`dft_frequency_blocks`.
+
+    Raises:
+        TypeError: If ``x`` or ``y`` is not a tensor or ``fn`` is not callable.
+        ValueError: If ``x`` or ``y`` is not of rank 3 to 5, or they differ in the number of
+            examples or in spatial size.
+
+    Examples:
+        >>> x = torch.randn(40, 2, 3, 3)
+        >>> widths = per_frequency(x, x[:, :1], lambda a, b: (a.shape[1], b.shape[1]))
+        >>> widths[(1, 2)]
+        (4, 2)
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable as fn(x_block, y_block), got {fn!r}.")
+    _check_conv_pair(x, y, same_spatial=True, mode="dft")
+    x_blocks, y_blocks = dft_frequency_blocks(x), dft_frequency_blocks(y)
+    return {index: fn(x_blocks[index], y_blocks[index]) for index in x_blocks}
+
+
+def per_frequency_similarity(x: torch.Tensor, y: torch.Tensor, measure_fn: MeasureFn) -> float:
+    """A measure computed per spatial frequency, averaged over all frequencies.
+
+    Each of the ``prod(spatial)`` frequencies of the full transform weighs the same (see
+    :func:`per_frequency` and :func:`dft_frequency_blocks`). With ``mean_cca`` this is the
+    average of all frequencies' canonical correlations pooled, as in Raghu et al. (2017): for
+    circularly translation-invariant data (e.g. a probe set closed under circular shifts) the
+    frequencies are uncorrelated with each other, so the canonical correlations of the
+    ``"flatten"`` layouts are those of the frequencies taken together, each conjugate pair
+    ``(u, v), (-u, -v)`` once; the two frequencies of a pair give the same ``2C`` real
+    correlations and a self-conjugate frequency gives ``C``, so the uniform mean over all
+    frequencies equals ``mean_cca`` of the ``"flatten"`` layouts, while each CCA has only
+    ``2C`` instead of ``C * prod(spatial)`` neurons per side. For other measures it is simply
+    their mean over the frequencies. The result is NaN if the measure is NaN at any frequency.
+
+    Each frequency's CCA has ``N`` datapoints for ``2C`` neurons, so this mode needs
+    ``N > 2C`` examples (and warns below ``20C``), whereas ``"positions"`` uses
+    ``N * prod(spatial)`` datapoints for ``C`` neurons.
+
+    Args:
+        x: A convolution output ``(N, C, *spatial)``.
+        y: A convolution output of the same examples and spatial size, ``(N, C_y, *spatial)``.
+        measure_fn: The similarity of two ``(num_datapoints, num_neurons)`` matrices.
+
+    Returns:
+        The mean of ``measure_fn`` over the frequencies.
+
+    Raises:
+        TypeError: If ``x`` or ``y`` is not a tensor or ``measure_fn`` is not callable.
+        ValueError: If ``x`` or ``y`` is not of rank 3 to 5, or they differ in the number of
+            examples or in spatial size; and whatever ``measure_fn`` raises.
+
+    Examples:
+        >>> def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
+        ...     return float(torch.equal(a, b))
+        >>> x = torch.randn(30, 2, 4, 4)
+        >>> per_frequency_similarity(x, x, overlap)
+        1.0
+    """
+    values = per_frequency(x, y, measure_fn)
+    return float(sum(float(value) for value in values.values()) / len(values))
+
+
+def match_spatial(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize two convolution outputs to one spatial size and lay both out as ``"positions"``.
+
+    The target size is, per spatial dimension, the larger of the two sizes, so a map is only
+    ever upsampled; a map already of that size is used as is. Resizing is
+    ``torch.nn.functional.interpolate`` with ``align_corners=False`` and mode ``"linear"``,
+    ``"bilinear"`` or ``"trilinear"`` for one, two or three spatial dimensions. Both results
+    then have the same rows: row ``(n * H + h) * W + w`` (for 2-D) is example ``n`` at position
+    ``(h, w)`` of the common grid, as in :data:`ConvMode` ``"positions"``.
+
+    Args:
+        x: A convolution output ``(N, C_x, *spatial_x)``.
+        y: A convolution output of the same examples, ``(N, C_y, *spatial_y)``, with as many
+            spatial dimensions as ``x``.
+
+    Returns:
+        ``(x_rows, y_rows)``, contiguous tensors of shapes ``(N * prod(size), C_x)`` and
+        ``(N * prod(size), C_y)``, where ``size`` is the common spatial size.
+
+    Raises:
+        TypeError: If ``x`` or ``y`` is not a tensor.
+        ValueError: If ``x`` or ``y`` is not of rank 3 to 5, or they differ in rank or in the
+            number of examples.
+
+    Examples:
+        >>> x_rows, y_rows = match_spatial(torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2))
+        >>> tuple(x_rows.shape), tuple(y_rows.shape)
+        ((32, 8), (32, 16))
+    """
+    _check_conv_pair(x, y, same_spatial=False, mode="interpolate")
+    size = tuple(max(a, b) for a, b in zip(x.shape[2:], y.shape[2:], strict=True))
+    return _positions(_resized(x, size)), _positions(_resized(y, size))
+
+
+def conv_similarity(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    measure_fn: MeasureFn,
+    *,
+    conv_mode: ConvPairMode = "positions",
+) -> float:
+    """The similarity of two convolution outputs of the same examples, in any mode.
+
+    Args:
+        x: A convolution output ``(N, C_x, *spatial_x)``.
+        y: A convolution output of the same examples, ``(N, C_y, *spatial_y)``.
+        measure_fn: The similarity of two ``(num_datapoints, num_neurons)`` matrices, e.g.
+            ``cca_monitor.similarity.MEASURES["svcca"]``.
+        conv_mode: How the outputs are compared; see :data:`ConvPairMode`.
+
+    Returns:
+        ``measure_fn`` of the two outputs in that mode.
+
+    Raises:
+        TypeError: If ``x`` or ``y`` is not a tensor or ``measure_fn`` is not callable.
+        ValueError: If ``conv_mode`` is unknown, ``x`` or ``y`` is not of rank 3 to 5, they
+            differ in the number of examples, or, for ``"positions"`` and ``"dft"``, in
+            spatial size; and whatever ``measure_fn`` raises.
+
+    Examples:
+        >>> def width_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+        ...     return a.shape[1] / b.shape[1]
+        >>> x, y = torch.randn(10, 4, 6, 6), torch.randn(10, 8, 3, 3)
+        >>> conv_similarity(x, y, width_ratio, conv_mode="interpolate")
+        0.5
+        >>> conv_similarity(x, y, width_ratio, conv_mode="flatten")
+        2.0
+    """
+    if conv_mode not in _CONV_PAIR_MODES:
+        raise ValueError(f"conv_mode must be one of {_CONV_PAIR_MODES}, got {conv_mode!r}.")
+    if not callable(measure_fn):
+        raise TypeError(f"measure_fn must be callable as measure_fn(x, y), got {measure_fn!r}.")
+    if conv_mode == "dft":
+        return per_frequency_similarity(x, y, measure_fn)
+    if conv_mode == "interpolate":
+        return float(measure_fn(*match_spatial(x, y)))
+    _check_conv_pair(x, y, same_spatial=conv_mode == "positions", mode=conv_mode)
+    layout = {"kind": "conv", "conv_mode": conv_mode}
+    return float(measure_fn(to_datapoints(x, **layout), to_datapoints(y, **layout)))
 
 
 def _reshape(activation: torch.Tensor, *, kind: LayoutKind, conv_mode: ConvMode) -> torch.Tensor:
@@ -211,10 +501,71 @@ def _reshape(activation: torch.Tensor, *, kind: LayoutKind, conv_mode: ConvMode)
 def _conv_to_datapoints(activation: torch.Tensor, conv_mode: ConvMode) -> torch.Tensor:
     """Lay out a channels-first ``(N, C, *spatial)`` tensor; see :data:`ConvMode`."""
     if conv_mode == "positions":
-        return activation.movedim(1, -1).reshape(-1, activation.shape[1])
+        return _positions(activation)
     if conv_mode == "avgpool":
         return activation.mean(dim=tuple(range(2, activation.dim())))
     return activation.reshape(activation.shape[0], -1)
+
+
+def _positions(activation: torch.Tensor) -> torch.Tensor:
+    """``(N, C, *spatial) -> (N * prod(spatial), C)``, example-major; see :data:`ConvMode`."""
+    return activation.movedim(1, -1).reshape(-1, activation.shape[1]).contiguous()
+
+
+def _resized(activation: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``activation`` interpolated to spatial ``size``, or itself if it already has it."""
+    if tuple(activation.shape[2:]) == size:
+        return activation
+    mode = _INTERPOLATION[len(size)]
+    return functional.interpolate(activation, size=size, mode=mode, align_corners=False)
+
+
+def _check_tensor(value: object, name: str) -> None:
+    """Raise TypeError unless ``value`` is a tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}.")
+
+
+def _check_sequence(sequence: torch.Tensor) -> None:
+    """Raise unless ``sequence`` is 3-D, ``(N, T, H)``."""
+    if sequence.dim() != _SEQUENCE_RANK:
+        raise ValueError(
+            f"A sequence must be a batch-first (N, T, H) tensor, got shape "
+            f"{tuple(sequence.shape)}. Put recurrent outputs batch first before converting."
+        )
+
+
+def _check_conv(activation: object, name: str) -> None:
+    """Raise unless ``activation`` is a tensor of a convolution rank, ``(N, C, *spatial)``."""
+    _check_tensor(activation, name)
+    if activation.dim() not in _CONV_RANKS:
+        raise ValueError(
+            f"{name} must be a channels-first convolution output (N, C, *spatial) of rank 3 "
+            f"to 5, got shape {tuple(activation.shape)}."
+        )
+
+
+def _check_conv_pair(x: object, y: object, *, same_spatial: bool, mode: str) -> None:
+    """Raise unless ``x`` and ``y`` are convolution outputs that ``mode`` can compare."""
+    _check_conv(x, "x")
+    _check_conv(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x and y must hold the same examples, got x.shape={tuple(x.shape)} and "
+            f"y.shape={tuple(y.shape)} (batch sizes {x.shape[0]} and {y.shape[0]})."
+        )
+    if x.dim() != y.dim():
+        raise ValueError(
+            f"x and y must have the same number of spatial dimensions, got "
+            f"x.shape={tuple(x.shape)} and y.shape={tuple(y.shape)}."
+        )
+    if same_spatial and x.shape[2:] != y.shape[2:]:
+        raise ValueError(
+            f"conv_mode={mode!r} compares x and y position by position or frequency by "
+            f"frequency, so they need the same spatial size, got x.shape={tuple(x.shape)} and "
+            f"y.shape={tuple(y.shape)}; use conv_mode='interpolate' (match_spatial) to resize "
+            "them, or 'flatten' or 'avgpool'."
+        )
 
 
 def _row_subset(num_rows: int, max_rows: int, seed: int, device: torch.device) -> torch.Tensor:

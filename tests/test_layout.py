@@ -1,13 +1,25 @@
-"""Tests for cca_monitor.layout: every rank and mode, element order, row cap, errors."""
+"""Tests for cca_monitor.layout: every rank and mode, element order, row cap, errors.
+
+How the measures behave on each mode is tested in test_layout_measures.py.
+"""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+from torch.nn import functional
 
 from cca_monitor.layout import (
     DEFAULT_MAX_ROWS,
     check_layout_arguments,
+    conv_similarity,
+    dft_frequency_blocks,
+    match_spatial,
+    per_frequency,
+    per_frequency_similarity,
+    per_timestep,
     sequence_to_datapoints,
     to_datapoints,
 )
@@ -220,3 +232,258 @@ def test_invalid_arguments(kwargs, error, match):
 def test_non_tensor_rejected():
     with pytest.raises(TypeError, match="activation must be a torch.Tensor, got list"):
         to_datapoints([[1.0, 2.0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# per time step
+
+
+def test_per_timestep_splits_along_time():
+    x = _arange(2, 3, 4)
+    steps = per_timestep(x)
+    assert len(steps) == 3
+    for t, step in enumerate(steps):
+        assert step.is_contiguous()
+        torch.testing.assert_close(step, x[:, t], rtol=0, atol=0)
+
+
+def test_per_timestep_rows_are_the_examples_of_the_pooled_layout():
+    x = _arange(2, 3, 4)
+    pooled = sequence_to_datapoints(x)
+    for t, step in enumerate(per_timestep(x)):
+        torch.testing.assert_close(step, pooled[t::3], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (torch.zeros(2, 3), ValueError, r"batch-first \(N, T, H\) tensor, got shape \(2, 3\)"),
+        (torch.zeros(2, 3, 4, 5), ValueError, r"got shape \(2, 3, 4, 5\)"),
+        ([[1.0]], TypeError, "sequence must be a torch.Tensor, got list"),
+    ],
+    ids=["2d", "4d", "list"],
+)
+def test_per_timestep_rejects(value, error, match):
+    with pytest.raises(error, match=match):
+        per_timestep(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# dft
+
+
+@pytest.mark.parametrize("spatial", [(5,), (3, 4), (2, 3, 2)], ids=["conv1d", "conv2d", "conv3d"])
+def test_dft_keys_are_the_frequency_grid_in_row_major_order(spatial):
+    blocks = dft_frequency_blocks(torch.randn(6, 2, *spatial))
+    assert list(blocks) == list(itertools.product(*map(range, spatial)))
+    assert all(block.shape == (6, 4) and block.is_contiguous() for block in blocks.values())
+
+
+def test_dft_block_halves_are_real_and_imaginary_parts():
+    x = torch.randn(4, 3, 5, 6, dtype=torch.float64)
+    coefficients = torch.fft.fft2(x)
+    block = dft_frequency_blocks(x)[(2, 1)]
+    torch.testing.assert_close(block[:, :3], coefficients[:, :, 2, 1].real)
+    torch.testing.assert_close(block[:, 3:], coefficients[:, :, 2, 1].imag)
+
+
+def test_dft_conjugate_frequencies_and_zero_imaginary_half():
+    x = torch.randn(4, 3, 4, 6, dtype=torch.float64)
+    blocks = dft_frequency_blocks(x)
+    torch.testing.assert_close(blocks[(1, 2)][:, :3], blocks[(3, 4)][:, :3])
+    torch.testing.assert_close(blocks[(1, 2)][:, 3:], -blocks[(3, 4)][:, 3:])
+    for self_conjugate in [(0, 0), (2, 0), (0, 3), (2, 3)]:
+        assert torch.count_nonzero(blocks[self_conjugate][:, 3:]) == 0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float32, torch.float32),
+        (torch.float64, torch.float64),
+    ],
+    ids=str,
+)
+def test_dft_dtype(dtype, expected):
+    blocks = dft_frequency_blocks(torch.ones(2, 3, 2, 2, dtype=dtype))
+    assert {block.dtype for block in blocks.values()} == {expected}
+
+
+def test_dft_leaves_the_input_unchanged():
+    x = torch.randn(3, 2, 4, 4)
+    before = x.clone()
+    dft_frequency_blocks(x)
+    torch.testing.assert_close(x, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (torch.zeros(4, 3), ValueError, r"rank 3 to 5, got shape \(4, 3\)"),
+        (torch.zeros(1, 2, 3, 4, 5, 6), ValueError, r"got shape \(1, 2, 3, 4, 5, 6\)"),
+        (torch.zeros(2, 3, 4, 4, dtype=torch.complex64), TypeError, "must be real"),
+        ("x", TypeError, "activation must be a torch.Tensor, got str"),
+    ],
+    ids=["2d", "6d", "complex", "str"],
+)
+def test_dft_rejects(value, error, match):
+    with pytest.raises(error, match=match):
+        dft_frequency_blocks(value)
+
+
+def test_per_frequency_passes_matching_blocks():
+    x, y = torch.randn(5, 2, 3, 4), torch.randn(5, 3, 3, 4)
+    x_blocks, y_blocks = dft_frequency_blocks(x), dft_frequency_blocks(y)
+    pairs = per_frequency(x, y, lambda a, b: (a, b))
+    assert list(pairs) == list(x_blocks)
+    for frequency, (a, b) in pairs.items():
+        torch.testing.assert_close(a, x_blocks[frequency], rtol=0, atol=0)
+        torch.testing.assert_close(b, y_blocks[frequency], rtol=0, atol=0)
+
+
+def test_per_frequency_similarity_is_the_plain_mean_over_frequencies():
+    x = torch.randn(5, 2, 3, 4)
+
+    def first_value(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(a[0, 0])
+
+    expected = sum(float(block[0, 0]) for block in dft_frequency_blocks(x).values()) / 12
+    assert per_frequency_similarity(x, x, first_value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("function", [per_frequency, per_frequency_similarity])
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape", "match"),
+    [
+        ((6, 2, 4, 4), (6, 2, 2, 2), "conv_mode='dft' .* same spatial size.*'interpolate'"),
+        ((6, 2, 4, 4), (5, 2, 4, 4), r"same examples.*batch sizes 6 and 5"),
+        ((6, 2, 4), (6, 2, 4, 4), "same number of spatial dimensions"),
+        ((6, 8), (6, 2, 4, 4), r"x must be a channels-first .* got shape \(6, 8\)"),
+    ],
+    ids=["spatial", "examples", "rank", "dense"],
+)
+def test_per_frequency_rejects_mismatched_pairs(function, x_shape, y_shape, match):
+    with pytest.raises(ValueError, match=match):
+        function(torch.zeros(x_shape), torch.zeros(y_shape), lambda a, b: 0.0)
+
+
+@pytest.mark.parametrize("function", [per_frequency, per_frequency_similarity, conv_similarity])
+def test_pair_functions_reject_non_callable(function):
+    with pytest.raises(TypeError, match="must be callable"):
+        function(torch.zeros(6, 2, 4, 4), torch.zeros(6, 2, 4, 4), "svcca")
+
+
+# ---------------------------------------------------------------------------------------------
+# interpolate
+
+
+def test_match_spatial_upsamples_the_smaller_map():
+    x, y = torch.randn(3, 2, 6, 6), torch.randn(3, 5, 3, 3)
+    x_rows, y_rows = match_spatial(x, y)
+    upsampled = functional.interpolate(y, size=(6, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(x_rows, to_datapoints(x), rtol=0, atol=0)
+    torch.testing.assert_close(y_rows, to_datapoints(upsampled), rtol=0, atol=0)
+    swapped_y, swapped_x = match_spatial(y, x)
+    torch.testing.assert_close(swapped_x, x_rows, rtol=0, atol=0)
+    torch.testing.assert_close(swapped_y, y_rows, rtol=0, atol=0)
+
+
+def test_match_spatial_rows_are_example_then_position():
+    x, y = torch.randn(2, 3, 4, 5), torch.randn(2, 1, 4, 5)
+    x_rows, y_rows = match_spatial(x, y)
+    for example, h, w in [(0, 0, 0), (1, 2, 3), (1, 3, 4)]:
+        row = (example * 4 + h) * 5 + w
+        torch.testing.assert_close(x_rows[row], x[example, :, h, w])
+        torch.testing.assert_close(y_rows[row], y[example, :, h, w])
+
+
+def test_match_spatial_takes_the_larger_size_per_dimension():
+    x, y = torch.randn(2, 3, 8, 4), torch.randn(2, 1, 4, 8)
+    x_rows, y_rows = match_spatial(x, y)
+    assert x_rows.shape == (2 * 64, 3)
+    assert y_rows.shape == (2 * 64, 1)
+    expected = functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(x_rows, to_datapoints(expected), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("small", "large", "mode"),
+    [((3,), (6,), "linear"), ((2, 2, 2), (4, 4, 4), "trilinear")],
+    ids=["conv1d", "conv3d"],
+)
+def test_match_spatial_other_ranks(small, large, mode):
+    x, y = torch.randn(2, 3, *large), torch.randn(2, 4, *small)
+    _, y_rows = match_spatial(x, y)
+    expected = functional.interpolate(y, size=large, mode=mode, align_corners=False)
+    torch.testing.assert_close(y_rows, to_datapoints(expected), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape", "match"),
+    [
+        ((6, 2, 4, 4), (5, 2, 2, 2), r"same examples.*batch sizes 6 and 5"),
+        ((6, 2, 4), (6, 2, 4, 4), "same number of spatial dimensions"),
+        ((6, 2, 4, 4), (6, 9), r"y must be a channels-first .* got shape \(6, 9\)"),
+    ],
+    ids=["examples", "rank", "dense"],
+)
+def test_match_spatial_rejects(x_shape, y_shape, match):
+    with pytest.raises(ValueError, match=match):
+        match_spatial(torch.zeros(x_shape), torch.zeros(y_shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# conv_similarity
+
+
+def _shapes(a: torch.Tensor, b: torch.Tensor) -> tuple:
+    return tuple(a.shape), tuple(b.shape)
+
+
+@pytest.mark.parametrize(
+    ("mode", "y_size", "expected"),
+    [
+        ("positions", (4, 4), ((32, 2), (32, 3))),
+        ("avgpool", (2, 2), ((2, 2), (2, 3))),
+        ("flatten", (2, 2), ((2, 32), (2, 12))),
+        ("interpolate", (2, 2), ((32, 2), (32, 3))),
+    ],
+    ids=["positions", "avgpool", "flatten", "interpolate"],
+)
+def test_conv_similarity_hands_the_mode_layout_to_the_measure(mode, y_size, expected):
+    x, y = torch.randn(2, 2, 4, 4), torch.randn(2, 3, *y_size)
+    seen = []
+    conv_similarity(x, y, lambda a, b: seen.append(_shapes(a, b)) or 0.0, conv_mode=mode)
+    assert seen == [expected]
+
+
+def test_conv_similarity_dft_is_per_frequency_similarity():
+    x, y = torch.randn(5, 2, 3, 3), torch.randn(5, 3, 3, 3)
+
+    def ratio(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(a.abs().sum() / b.abs().sum())
+
+    expected = per_frequency_similarity(x, y, ratio)
+    assert conv_similarity(x, y, ratio, conv_mode="dft") == expected
+
+
+def test_conv_similarity_positions_needs_equal_spatial_sizes():
+    with pytest.raises(ValueError, match="conv_mode='positions' .* use conv_mode='interpolate'"):
+        conv_similarity(torch.zeros(6, 2, 4, 4), torch.zeros(6, 2, 2, 2), lambda a, b: 0.0)
+
+
+def test_conv_similarity_rejects_unknown_mode():
+    with pytest.raises(
+        ValueError, match="conv_mode must be one of .*'dft', 'interpolate'.*got 'fft'"
+    ):
+        conv_similarity(
+            torch.zeros(6, 2, 4, 4), torch.zeros(6, 2, 4, 4), lambda a, b: 0.0, conv_mode="fft"
+        )
+
+
+@pytest.mark.parametrize("mode", ["dft", "interpolate"])
+def test_pair_modes_are_not_single_matrix_layouts(mode):
+    with pytest.raises(ValueError, match="conv_mode must be one of"):
+        to_datapoints(torch.zeros(2, 3, 4, 4), conv_mode=mode)
