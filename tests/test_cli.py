@@ -54,7 +54,8 @@ def test_report_with_another_reference_step(demo_run, tmp_path):
     main(["report", str(run_dir), "--reference-step", "0", "--out", str(out)])
     records = json.loads((out / "cca_results.json").read_text())["records"]
     at_zero = [r["distance"] for r in records if r["step"] == 0 and r["reference"] == "final"]
-    assert at_zero and max(at_zero) == pytest.approx(0.0, abs=1e-6)
+    assert at_zero
+    assert max(at_zero) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_report_without_snapshots_explains(tmp_path):
