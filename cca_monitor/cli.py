@@ -15,10 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cca_monitor.callback import SNAPSHOT_DIR_NAME
 from cca_monitor.convergence import RunAnalysis, analyse_snapshots
 from cca_monitor.similarity import MEASURES
-from cca_monitor.storage import SnapshotStore
+from cca_monitor.storage import SnapshotStore, find_store
 
 TABLE_COLUMNS = 4
 """Snapshot steps shown in the printed table (evenly picked, first and last included)."""
@@ -65,14 +64,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _find_store(run_dir: Path) -> SnapshotStore:
-    for candidate in (run_dir / SNAPSHOT_DIR_NAME, run_dir):
-        store = SnapshotStore(candidate)
-        if store.steps():
-            return store
-    raise SystemExit(
-        f"cca-monitor: no snapshots in {run_dir} or {run_dir / SNAPSHOT_DIR_NAME}; pass the "
-        "run's log dir (the folder holding cca_snapshots/)"
-    )
+    try:
+        return find_store(run_dir)
+    except FileNotFoundError as error:
+        raise SystemExit(f"cca-monitor: {error}") from error
 
 
 def format_table(records: RunAnalysis | Sequence, summary: dict) -> str:

@@ -36,7 +36,9 @@ __all__ = [
     "RESULTS_CSV_NAME",
     "RESULTS_FIELDS",
     "RESULTS_JSON_NAME",
+    "SNAPSHOT_DIR_NAME",
     "SnapshotStore",
+    "find_store",
     "read_results",
     "write_results",
 ]
@@ -44,6 +46,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 METADATA_NAME = "metadata.json"
+SNAPSHOT_DIR_NAME = "cca_snapshots"
+"""Folder of a run's log dir that holds its snapshots."""
 RESULTS_CSV_NAME = "cca_results.csv"
 RESULTS_JSON_NAME = "cca_results.json"
 RESULTS_FIELDS = ("step", "layer", "measure", "reference", "distance")
@@ -266,6 +270,35 @@ class SnapshotStore:
             return False
         return self.path(step).is_file()
 
+
+def find_store(path: str | os.PathLike[str]) -> SnapshotStore:
+    """Return the snapshots of a run given its log dir or its snapshot folder.
+
+    Args:
+        path: A run's log dir (holding ``cca_snapshots/``) or the snapshot folder itself.
+
+    Returns:
+        The store of ``path/cca_snapshots`` if it holds snapshots, else that of ``path``.
+
+    Raises:
+        FileNotFoundError: If neither folder holds a snapshot.
+
+    Example:
+        >>> import tempfile, torch
+        >>> run_dir = Path(tempfile.mkdtemp())
+        >>> _ = SnapshotStore(run_dir / SNAPSHOT_DIR_NAME).write(0, {"fc1": torch.zeros(8, 3)})
+        >>> find_store(run_dir).directory.name
+        'cca_snapshots'
+    """
+    run_dir = Path(path)
+    for candidate in (run_dir / SNAPSHOT_DIR_NAME, run_dir):
+        store = SnapshotStore(candidate)
+        if store.steps():
+            return store
+    raise FileNotFoundError(
+        f"no snapshots in {run_dir} or {run_dir / SNAPSHOT_DIR_NAME}; pass the run's log dir "
+        f"(the folder holding {SNAPSHOT_DIR_NAME}/) or the snapshot folder itself"
+    )
 
 def _json_safe(value: Any) -> Any:
     """Replace non-finite floats (NaN, inf) by None, recursively, so the JSON stays standard."""
