@@ -48,6 +48,13 @@ _EXPORTS = {
     "distances_to_reference": "cca_monitor.convergence",
     "distances_to_previous": "cca_monitor.convergence",
     "convergence_steps": "cca_monitor.convergence",
+    "analyse_snapshots": "cca_monitor.convergence",
+    "RunAnalysis": "cca_monitor.convergence",
+    "write_report": "cca_monitor.report",
+    "conv_similarity": "cca_monitor.layout",
+    "match_spatial": "cca_monitor.layout",
+    "per_frequency_similarity": "cca_monitor.layout",
+    "per_timestep": "cca_monitor.layout",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -69,11 +76,19 @@ if TYPE_CHECKING:
     from cca_monitor.callback import CCAMonitor
     from cca_monitor.capture import ActivationRecorder, capture_activations, default_layer_names
     from cca_monitor.convergence import (
+        RunAnalysis,
+        analyse_snapshots,
         convergence_steps,
         distances_to_previous,
         distances_to_reference,
     )
-    from cca_monitor.layout import to_datapoints
+    from cca_monitor.layout import (
+        conv_similarity,
+        match_spatial,
+        per_frequency_similarity,
+        per_timestep,
+        to_datapoints,
+    )
     from cca_monitor.records import DistanceRecord
     from cca_monitor.schedule import evenly_spaced, every_n_steps, explicit_steps, log_spaced
     from cca_monitor.similarity import (
@@ -90,4 +105,5 @@ if TYPE_CHECKING:
         similarities,
         svcca,
     )
+    from cca_monitor.report import write_report
     from cca_monitor.storage import SnapshotStore, read_results

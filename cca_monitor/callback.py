@@ -26,7 +26,7 @@ from typing_extensions import override
 
 from cca_monitor.capture import capture_activations, resolve_layer_names, unwrap_model
 from cca_monitor.convergence import analyse_snapshots, report_problems, snapshot_distances
-from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode
+from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode, to_datapoints
 from cca_monitor.records import DistanceRecord
 from cca_monitor.report import log_records, write_report
 from cca_monitor.schedule import evenly_spaced, every_n_steps
@@ -139,6 +139,8 @@ class CCAMonitor(Callback):
         self.store: SnapshotStore | None = None
         self.results: list[DistanceRecord] = []
         self.summary: dict[str, Any] = {}
+        self.previous_distances: list[DistanceRecord] = []
+        """Distances of each snapshot to the one before, appended as training runs (all ranks)."""
         self._schedule: Schedule | None = None
         self._probe: torch.Tensor | None = None
         self._layers: list[str] = []
@@ -276,35 +278,69 @@ class CCAMonitor(Callback):
     def _snapshot(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, check_sizes: bool = False
     ) -> None:
+        """Capture, store and compare one snapshot. Every rank runs this with the same steps."""
         step = trainer.global_step
         started = time.perf_counter()
-        activations = capture_activations(
+        activations = self._capture(trainer, pl_module)
+        if check_sizes:
+            self._drop_too_wide(trainer, activations)
+        self._captured.append(step)
+        records: list[DistanceRecord] = []
+        if trainer.is_global_zero:
+            activations = _finite_layers(activations, step)
+            cost = {"cca/snapshot_seconds": time.perf_counter() - started}
+            cost.update(self._write(step, activations))
+            records = self._distances_to_previous(activations, step)
+            log_records(trainer.loggers, records)
+            for logger in trainer.loggers:
+                logger.log_metrics(cost, step=step)
+        self.previous_distances.extend(trainer.strategy.broadcast(records, src=0))
+
+    def _capture(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> dict[str, torch.Tensor]:
+        """The probe's activations, whole on rank 0; under several processes each runs a shard.
+
+        With ``world_size > 1`` every rank forwards its contiguous slice of the probe without
+        the row cap, rank 0 gathers the slices in rank order and applies the cap, so the
+        snapshot equals the one a single process takes. Other ranks return ``{}``.
+        """
+        options = dict(self.capture_options)
+        world_size = trainer.world_size
+        max_rows = options.pop("max_rows")
+        shard = torch.tensor_split(self._probe, world_size)[trainer.global_rank]
+        local = capture_activations(
             pl_module,
-            self._probe,
+            shard,
             self._layers,
             batch_size=self.probe_batch_size,
             device=pl_module.device,
             autocast_context=trainer.precision_plugin.forward_context,
-            **self.capture_options,
+            max_rows=max_rows if world_size == 1 else None,
+            **options,
         )
-        if check_sizes:
-            self._check_sizes(activations)
-        activations = _finite_layers(activations, step)
-        self._captured.append(step)
+        if world_size == 1:
+            return local
+        shards = _gather_to_rank_zero(local, trainer)
         if not trainer.is_global_zero:
-            return
-        seconds = time.perf_counter() - started
-        cost = {"cca/snapshot_seconds": seconds}
-        try:
-            path = self.store.write(step, activations)
-            cost["cca/snapshot_megabytes"] = path.stat().st_size / 2**20
-        except OSError as error:
-            rank_zero_warn(f"CCAMonitor could not write the snapshot at step {step}: {error}")
-        self._log_previous(trainer, activations, step, cost)
+            return {}
+        common = [layer for layer in local if all(layer in part for part in shards)]
+        return {
+            layer: to_datapoints(
+                torch.cat([part[layer] for part in shards]),
+                max_rows=max_rows,
+                seed=options["seed"],
+            )
+            for layer in common
+        }
 
-    def _check_sizes(self, activations: Mapping[str, torch.Tensor]) -> None:
-        """Drop (defaults) or reject (named layers) layers with fewer datapoints than neurons."""
+    def _drop_too_wide(self, trainer: pl.Trainer, activations: dict[str, torch.Tensor]) -> None:
+        """Drop (defaults) or reject (named layers) layers with no more datapoints than neurons.
+
+        Rank 0 decides (it holds the whole probe) and every rank acts on the same decision.
+        """
         too_wide = {n: tuple(a.shape) for n, a in activations.items() if a.shape[0] <= a.shape[1]}
+        too_wide = trainer.strategy.broadcast(too_wide, src=0)
         if not too_wide:
             return
         message = (
@@ -316,25 +352,29 @@ class CCAMonitor(Callback):
         rank_zero_warn(message + "; they are not monitored")
         self._layers = [name for name in self._layers if name not in too_wide]
         for name in too_wide:
-            del activations[name]
+            activations.pop(name, None)
 
-    def _log_previous(
-        self,
-        trainer: pl.Trainer,
-        activations: Mapping[str, torch.Tensor],
-        step: int,
-        cost: Mapping[str, float],
-    ) -> None:
+    def _write(self, step: int, activations: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Store a snapshot; a failed write is reported and training goes on."""
+        try:
+            path = self.store.write(step, activations)
+        except OSError as error:
+            rank_zero_warn(f"CCAMonitor could not write the snapshot at step {step}: {error}")
+            return {}
+        return {"cca/snapshot_megabytes": path.stat().st_size / 2**20}
+
+    def _distances_to_previous(
+        self, activations: Mapping[str, torch.Tensor], step: int
+    ) -> list[DistanceRecord]:
         previous = self._previous if self._previous is not None else self._stored_before(step)
         self._previous = dict(activations)
-        if previous is not None:
-            records, problems = snapshot_distances(
-                previous, activations, self.measures, step=step, kind="previous"
-            )
-            report_problems(problems)
-            log_records(trainer.loggers, records)
-        for logger in trainer.loggers:
-            logger.log_metrics(dict(cost), step=step)
+        if previous is None:
+            return []
+        records, problems = snapshot_distances(
+            previous, activations, self.measures, step=step, kind="previous"
+        )
+        report_problems(problems)
+        return records
 
     def _stored_before(self, step: int) -> dict[str, torch.Tensor] | None:
         earlier = [s for s in self.store.steps() if s < step]
@@ -403,6 +443,17 @@ def _first_inputs(source: Dataset | DataLoader, size: int) -> torch.Tensor:
             "examples must be tensors or (input, ...) tuples, or pass probe=<tensor of inputs>"
         )
     return inputs
+
+
+def _gather_to_rank_zero(
+    local: dict[str, torch.Tensor], trainer: pl.Trainer
+) -> list[dict[str, torch.Tensor]]:
+    """Every rank's activations, in rank order, on rank 0 (an empty list elsewhere)."""
+    import torch.distributed as dist
+
+    gathered: list[Any] | None = [None] * trainer.world_size if trainer.is_global_zero else None
+    dist.gather_object(local, gathered, dst=0)
+    return gathered or []
 
 
 def _fingerprint(probe: torch.Tensor) -> str:
