@@ -49,13 +49,18 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the module inside ``DataParallel`` / ``DistributedDataParallel`` wrappers.
+    """Return the module inside ``DataParallel`` / ``DistributedDataParallel`` / compile wrappers.
+
+    A model compiled whole with ``torch.compile`` is unwrapped to the original module, so the
+    probe forward runs eagerly and layer names are the original ones. Submodules compiled
+    inside an eager model stay compiled; their layers are named through the wrapper
+    (``"body._orig_mod.0"``) and recorded as well (the hooks are traced into the graph).
 
     Args:
         model: A model, possibly wrapped (several wrappers are removed in turn).
 
     Returns:
-        The innermost ``.module`` of the wrappers, or ``model`` itself if it is not wrapped.
+        The innermost module of the wrappers, or ``model`` itself if it is not wrapped.
 
     Examples:
         >>> net = nn.Linear(2, 2)
@@ -63,9 +68,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         True
     """
     wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def default_layer_names(model: nn.Module) -> list[str]:

@@ -678,3 +678,35 @@ def test_capture_warns_about_layers_that_did_not_run():
 def test_capture_rejects_bad_input(probe, kwargs, error, match):
     with pytest.raises(error, match=match):
         capture_activations(nn.Sequential(nn.Linear(4, 3)), probe, **kwargs)
+
+
+class _CompiledInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.compile(
+            nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), backend="eager"
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_compiled_model_is_unwrapped_and_captured():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    probe = torch.randn(40, 4)
+    compiled = torch.compile(net, backend="eager")
+    compiled(probe)
+    captured = capture_activations(compiled, probe)
+    assert list(captured) == ["0", "2"]
+    torch.testing.assert_close(captured["0"], net[0](probe).detach())
+
+
+def test_compiled_submodule_is_captured_every_time():
+    model = _CompiledInside()
+    model(torch.randn(5, 4))
+    for _ in range(2):  # a second capture must not reuse a graph without the hooks
+        probe = torch.randn(30, 4)
+        captured = capture_activations(model, probe)
+        assert list(captured) == ["body._orig_mod.0", "body._orig_mod.2"]
+        expected = model.body._orig_mod[0](probe).detach()
+        torch.testing.assert_close(captured["body._orig_mod.0"], expected)
