@@ -1,9 +1,12 @@
 """The ``cca-monitor`` command: ``demo`` trains with the monitor attached, ``report`` recomputes.
 
+``compare`` puts the final representations of several runs side by side.
+
 Examples::
 
     cca-monitor demo --out cca_demo
     cca-monitor report cca_demo/mnist_cnn/version_0 --measures svcca pwcca mean_cca
+    cca-monitor compare runs/seed_0 runs/seed_1 runs/seed_2 --measure pwcca
 """
 
 from __future__ import annotations
@@ -60,6 +63,25 @@ def _report(args: argparse.Namespace) -> int:
     paths = write_report(analysis, out, tensorboard_dir=out / "tensorboard")
     print(format_table(analysis.records, analysis.summary))
     print(f"\nWrote {len(paths)} files and TensorBoard events to {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cca_monitor.compare import compare_runs, format_comparison
+
+    try:
+        comparison = compare_runs(
+            args.run_dirs,
+            measure=args.measure,
+            layers=args.layers,
+            step=args.step,
+            names=args.names,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cca-monitor: {error}") from error
+    paths = comparison.write(args.out)
+    print(format_comparison(comparison))
+    print(f"\nWrote {len(paths)} files to {args.out}")
     return 0
 
 
@@ -146,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--out", default=None, help="output folder (default: RUN_DIR/cca_report)")
     report.set_defaults(run=_report)
+
+    compare = commands.add_parser(
+        "compare", help="compare the final representations of several runs, layer by layer"
+    )
+    compare.add_argument(
+        "run_dirs", nargs="+", help="two or more runs' log dirs (or their cca_snapshots/)"
+    )
+    compare.add_argument(
+        "--measure",
+        choices=MEASURES,
+        default="pwcca",
+        help="default pwcca, symmetrized as the mean of both orders",
+    )
+    compare.add_argument("--layers", nargs="+", default=None, help="default: layers all runs have")
+    compare.add_argument(
+        "--step", type=int, default=None, help="compare this step (default: each run's last)"
+    )
+    compare.add_argument("--names", nargs="+", default=None, help="a label per run")
+    compare.add_argument(
+        "--out", default="cca_compare", help="output folder (default: ./cca_compare)"
+    )
+    compare.set_defaults(run=_compare)
     return parser
 
 
