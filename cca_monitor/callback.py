@@ -185,6 +185,12 @@ class CCAMonitor(Callback):
             self._finish(trainer)
 
     @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._explain_recovery(trainer)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "captured_steps": list(self._captured),
@@ -379,6 +385,14 @@ class CCAMonitor(Callback):
     def _stored_before(self, step: int) -> dict[str, torch.Tensor] | None:
         earlier = [s for s in self.store.steps() if s < step]
         return self.store.read(earlier[-1]) if earlier else None
+
+    def _explain_recovery(self, trainer: pl.Trainer) -> None:
+        if self.store is not None and trainer.is_global_zero and self._captured:
+            rank_zero_warn(
+                f"CCAMonitor: training stopped at step {trainer.global_step}; the "
+                f"{len(self.store)} snapshots taken are kept in {self.store.directory}. "
+                f"Compute the curves from them with: cca-monitor report {self.run_dir}"
+            )
 
     # -- end of training -----------------------------------------------------------------------
 

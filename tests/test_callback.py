@@ -10,7 +10,7 @@ import torch
 from lightning_models import TinyConvNet, tiny_dataset, tiny_loaders, tiny_trainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cca_monitor import CCAMonitor, SnapshotStore
+from cca_monitor import CCAMonitor, SnapshotStore, read_results
 from cca_monitor.callback import SNAPSHOT_DIR_NAME
 
 LAYERS = ["conv", "fc1", "fc2"]
@@ -306,3 +306,60 @@ def test_resume_with_another_probe_is_an_error(tmp_path):
 def test_state_key_depends_on_configuration():
     assert CCAMonitor(layers=["fc1"]).state_key != CCAMonitor(layers=["fc2"]).state_key
     assert CCAMonitor().state_key == CCAMonitor().state_key
+
+
+class _CrashingNet(TinyConvNet):
+    def __init__(self, crash_at: int, error: type[BaseException]) -> None:
+        super().__init__()
+        self.crash_at, self.error = crash_at, error
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == self.crash_at:
+            raise self.error("stop")
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [(RuntimeError, RuntimeError), (KeyboardInterrupt, SystemExit)],
+    ids=["exception", "keyboard-interrupt"],
+)
+def test_crash_keeps_snapshots_and_report_recovers_the_curves(tmp_path, error, raised):
+    import signal
+
+    from cca_monitor.cli import main
+
+    handler = signal.getsignal(signal.SIGINT)
+    monitor = CCAMonitor(every_n_train_steps=3)
+    train, val = tiny_loaders()
+    trainer = tiny_trainer(tmp_path, callbacks=[monitor])
+    try:
+        with pytest.raises(raised), pytest.warns(UserWarning, match="cca-monitor report"):
+            trainer.fit(_CrashingNet(crash_at=7, error=error), train, val)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after an interrupt
+    assert monitor.store.steps() == [0, 3, 6]
+    out = tmp_path / "recovered"
+    assert main(["report", str(monitor.run_dir), "--out", str(out)]) == 0
+    records = read_results(out / "cca_results.json")
+    final = [r for r in records if r.reference == "final" and r.measure == "svcca"]
+    assert sorted({r.step for r in final}) == [0, 3, 6]
+    assert all(r.distance == pytest.approx(0.0, abs=1e-6) for r in final if r.step == 6)
+    assert (out / "cca_svcca_heatmap.png").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_failed_snapshot_write_is_reported_and_training_goes_on(tmp_path, monkeypatch):
+    def disk_full(self, step, activations):
+        if step == 3:
+            raise OSError(28, "No space left on device")
+        return original(self, step, activations)
+
+    original = SnapshotStore.write
+    monkeypatch.setattr(SnapshotStore, "write", disk_full)
+    monitor = CCAMonitor(every_n_train_steps=3)
+    with pytest.warns(UserWarning, match="could not write the snapshot at step 3"):
+        trainer, _ = _fit(tmp_path, monitor)
+    assert trainer.global_step == 16
+    assert monitor.store.steps() == [0, 6, 9, 12, 15, 16]
+    assert {r.step for r in monitor.results if r.reference == "final"} == {0, 6, 9, 12, 15, 16}
