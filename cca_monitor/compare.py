@@ -606,9 +606,9 @@ def format_comparison(comparison: RunComparison) -> str:
         [1] b (step 10)
         <BLANKLINE>
         layer fc
-                [0]    [1]
-        [0]   0.000  0.300
-        [1]   0.300  0.000
+               [0]    [1]
+        [0]  0.000  0.300
+        [1]  0.300  0.000
     """
     count = len(comparison.runs)
     title = f"{comparison.description} between runs (final snapshots)"
