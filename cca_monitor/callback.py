@@ -42,48 +42,11 @@ SNAPSHOT_DIR_NAME = "cca_snapshots"
 CONVERGENCE_THRESHOLD = 0.1
 
 
-class CCAMonitor(Callback):
-    """Snapshot every monitored layer on a fixed probe set and report its convergence.
+class MonitorLogic:
+    """The hooks and state of :class:`CCAMonitor`, independent of the Lightning package.
 
-    At step 0 (before any update), at the scheduled steps and at the last step, the probe set
-    runs through the model in eval mode without gradients (modes, RNG streams and BatchNorm
-    statistics are left as they were) and each layer's activations, as (num_datapoints,
-    num_neurons) matrices, are written to ``<log_dir>/cca_snapshots/``. At each snapshot the
-    distance of every layer to the previous snapshot is logged at once as
-    ``cca/<measure>_to_previous/<layer>``. When training ends, the distance of every snapshot to
-    the final one is logged as ``cca/<measure>_to_final/<layer>`` at the snapshot's global step,
-    TensorBoard loggers get a custom-scalars layout (one chart per measure, one line per layer),
-    the curves and a layer x step heatmap, and ``cca_results.csv``, ``cca_results.json`` and PNG
-    figures are written to the log dir.
-
-    Args:
-        probe: The probe inputs: a tensor (batch first), a map-style ``Dataset`` or a
-            ``DataLoader`` whose first ``probe_size`` examples are used (the input is element 0
-            of each example, or the example itself if it is a tensor), or None for the first
-            ``probe_size`` examples of the first validation dataloader, else of the training one.
-        layers: Module names or glob patterns (``"features.*"``); None monitors every Conv,
-            Linear and recurrent module.
-        measures: Measures to compute, from ``"svcca"``, ``"pwcca"``, ``"mean_cca"``,
-            ``"linear_cka"``. For PWCCA the weights come from the reference snapshot.
-        num_snapshots: About this many snapshots, evenly spread over
-            ``trainer.estimated_stepping_batches``. Ignored when ``every_n_train_steps`` or
-            ``schedule`` is given.
-        every_n_train_steps: Snapshot every n optimizer steps instead.
-        schedule: Any ``step -> bool`` callable (see :mod:`cca_monitor.schedule`) instead.
-        probe_size: Number of examples taken from a Dataset or DataLoader probe.
-        probe_batch_size: Examples per probe forward call; None runs the probe at once.
-        conv_mode: Layout of conv outputs; ``"positions"`` treats each spatial position as a
-            datapoint and channels as neurons.
-        max_rows: Cap on datapoints per layer (conv positions are subsampled with a fixed seed,
-            the same at every snapshot).
-        seed: Seed of that subsampling.
-        dirpath: Where snapshots and results go; None means ``trainer.log_dir``.
-        convergence_threshold: Distance counted as converged in the summary.
-
-    Example:
-        >>> monitor = CCAMonitor(measures=["svcca", "linear_cka"], num_snapshots=10)
-        >>> monitor.measures
-        ['svcca', 'linear_cka']
+    Mixed into a ``Callback`` of ``pytorch_lightning`` here and of ``lightning.pytorch`` in
+    :mod:`cca_monitor.lightning_pytorch`, so both Trainers get the same monitor.
     """
 
     def __init__(
@@ -408,6 +371,51 @@ class CCAMonitor(Callback):
         )
         self.results, self.summary = analysis.records, analysis.summary
         write_report(analysis, self.run_dir, loggers=trainer.loggers)
+
+
+class CCAMonitor(MonitorLogic, Callback):
+    """Snapshot every monitored layer on a fixed probe set and report its convergence.
+
+    At step 0 (before any update), at the scheduled steps and at the last step, the probe set
+    runs through the model in eval mode without gradients (modes, RNG streams and BatchNorm
+    statistics are left as they were) and each layer's activations, as (num_datapoints,
+    num_neurons) matrices, are written to ``<log_dir>/cca_snapshots/``. At each snapshot the
+    distance of every layer to the previous snapshot is logged at once as
+    ``cca/<measure>_to_previous/<layer>``. When training ends, the distance of every snapshot to
+    the final one is logged as ``cca/<measure>_to_final/<layer>`` at the snapshot's global step,
+    TensorBoard loggers get a custom-scalars layout (one chart per measure, one line per layer),
+    the curves and a layer x step heatmap, and ``cca_results.csv``, ``cca_results.json`` and PNG
+    figures are written to the log dir.
+
+    Args:
+        probe: The probe inputs: a tensor (batch first), a map-style ``Dataset`` or a
+            ``DataLoader`` whose first ``probe_size`` examples are used (the input is element 0
+            of each example, or the example itself if it is a tensor), or None for the first
+            ``probe_size`` examples of the first validation dataloader, else of the training one.
+        layers: Module names or glob patterns (``"features.*"``); None monitors every Conv,
+            Linear and recurrent module.
+        measures: Measures to compute, from ``"svcca"``, ``"pwcca"``, ``"mean_cca"``,
+            ``"linear_cka"``. For PWCCA the weights come from the reference snapshot.
+        num_snapshots: About this many snapshots, evenly spread over
+            ``trainer.estimated_stepping_batches``. Ignored when ``every_n_train_steps`` or
+            ``schedule`` is given.
+        every_n_train_steps: Snapshot every n optimizer steps instead.
+        schedule: Any ``step -> bool`` callable (see :mod:`cca_monitor.schedule`) instead.
+        probe_size: Number of examples taken from a Dataset or DataLoader probe.
+        probe_batch_size: Examples per probe forward call; None runs the probe at once.
+        conv_mode: Layout of conv outputs; ``"positions"`` treats each spatial position as a
+            datapoint and channels as neurons.
+        max_rows: Cap on datapoints per layer (conv positions are subsampled with a fixed seed,
+            the same at every snapshot).
+        seed: Seed of that subsampling.
+        dirpath: Where snapshots and results go; None means ``trainer.log_dir``.
+        convergence_threshold: Distance counted as converged in the summary.
+
+    Example:
+        >>> monitor = CCAMonitor(measures=["svcca", "linear_cka"], num_snapshots=10)
+        >>> monitor.measures
+        ['svcca', 'linear_cka']
+    """
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
