@@ -90,6 +90,7 @@ if TYPE_CHECKING:
         to_datapoints,
     )
     from cca_monitor.records import DistanceRecord
+    from cca_monitor.report import write_report
     from cca_monitor.schedule import evenly_spaced, every_n_steps, explicit_steps, log_spaced
     from cca_monitor.similarity import (
         MEASURES,
@@ -105,5 +106,4 @@ if TYPE_CHECKING:
         similarities,
         svcca,
     )
-    from cca_monitor.report import write_report
     from cca_monitor.storage import SnapshotStore, read_results
