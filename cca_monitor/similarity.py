@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,8 +68,8 @@ class SampleSizeWarning(UserWarning):
     """Too few datapoints per neuron for unbiased canonical correlations."""
 
 
-def _as_matrix(a: ArrayLike, name: str) -> torch.Tensor:
-    """Return ``a`` as a float64 tensor of shape (num_datapoints, num_neurons), checked."""
+def _checked(a: ArrayLike, name: str) -> torch.Tensor:
+    """Return ``a`` as a tensor of shape (num_datapoints, num_neurons), checked, not copied."""
     if isinstance(a, np.ndarray):
         a = torch.from_numpy(a)
     if not isinstance(a, torch.Tensor):
@@ -81,11 +81,31 @@ def _as_matrix(a: ArrayLike, name: str) -> torch.Tensor:
         )
     if not (a.is_floating_point() or a.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    a = a.to(COMPUTE_DTYPE)
+    return a
+
+
+def _raise_if_not_finite(a: torch.Tensor, name: str) -> None:
     bad = int((~torch.isfinite(a)).sum())
     if bad:
         raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf) of {a.numel()}")
+
+
+def _as_matrix(a: ArrayLike, name: str) -> torch.Tensor:
+    """Return ``a`` as a float64 tensor of shape (num_datapoints, num_neurons), checked."""
+    a = _checked(a, name).to(COMPUTE_DTYPE)
+    _raise_if_not_finite(a, name)
     return a
+
+
+def _column_mean(a: torch.Tensor, name: str) -> torch.Tensor:
+    """(num_neurons,) float64 mean of ``a``; raises if ``a`` holds NaN or inf.
+
+    Any NaN or inf makes its column's mean non-finite, so the full check runs only then.
+    """
+    mean = a.mean(dim=0, dtype=COMPUTE_DTYPE)
+    if a.shape[0] and not bool(torch.isfinite(mean).all()):
+        _raise_if_not_finite(a, name)
+    return mean
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -96,9 +116,51 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
-def _centered(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = a.mean(dim=0)
-    return mean, a - mean
+def _check_rtol(rtol: float) -> float:
+    if not 0.0 <= rtol < 1.0:
+        raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+    return rtol
+
+
+CHUNK_BYTES = 8 * 2**20
+"""Rows are centered in float64 chunks of about this size, so no full float64 copy is made."""
+
+
+def _centered_products(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]], pairs: Sequence[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Float64 ``(a_i - m_i)ᵀ (a_j - m_j)`` for each ``(i, j)`` in ``pairs``.
+
+    Args:
+        parts: ``(activations (n, d_i), mean (d_i,))`` for each input, rows aligned.
+        pairs: Index pairs into ``parts``.
+
+    On the CPU the rows are centered chunk by chunk (upcast in the same pass), so the centered
+    float64 rows stay small and cache-resident; elsewhere in one piece.
+    """
+    first = parts[0][0]
+    width = sum(a.shape[1] for a, _ in parts)
+    rows = first.shape[0]
+    if first.device.type == "cpu":
+        rows = max(1, CHUNK_BYTES // (8 * max(width, 1)))
+    totals = [
+        first.new_zeros((parts[i][0].shape[1], parts[j][0].shape[1]), dtype=COMPUTE_DTYPE)
+        for i, j in pairs
+    ]
+    for start in range(0, first.shape[0], rows):
+        centered = [a[start : start + rows] - mean for a, mean in parts]
+        for total, (i, j) in zip(totals, pairs, strict=True):
+            total.addmm_(centered[i].T, centered[j])
+    return totals
+
+
+def _active_neurons(scatter: torch.Tensor, rtol: float) -> int:
+    """Neurons whose variance is above ``rtol`` times the largest (0 if all are constant)."""
+    diagonal = scatter.diagonal()
+    if not diagonal.numel():
+        return 0
+    top = diagonal.max()
+    return int((diagonal > rtol * top).sum()) if top > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -123,9 +185,7 @@ class Spectrum:
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
         top = eigenvalues[0].clamp_min(0) if eigenvalues.numel() else scatter.new_zeros(())
         kept = eigenvalues > rtol * top
-        diagonal = scatter.diagonal()
-        active = int((diagonal > rtol * diagonal.max().clamp_min(0)).sum()) if top > 0 else 0
-        return cls(eigenvalues[kept], eigenvectors[:, kept], active)
+        return cls(eigenvalues[kept], eigenvectors[:, kept], _active_neurons(scatter, rtol))
 
     @property
     def rank(self) -> int:
@@ -158,6 +218,95 @@ class Spectrum:
     def whitening(self) -> torch.Tensor:
         """(num_neurons, k) map ``W`` with ``Wᵀ C W = I`` on the kept directions."""
         return self.eigenvectors / self.eigenvalues.sqrt()
+
+
+CHOLESKY_MARGIN = 100.0
+"""The Cholesky whitening is used when ``cond(C)`` is provably below ``1 / (margin * rtol)``."""
+
+
+def _cholesky_whitening(scatter: torch.Tensor, rtol: float) -> torch.Tensor | None:
+    """``W = L⁻ᵀ`` from ``C = L Lᵀ`` when no direction of ``C`` falls below ``rtol``, else None.
+
+    ``λ_max <= ‖C‖_F`` and ``1 / λ_min = ‖C⁻¹‖₂ <= ‖L⁻¹‖_F²``, so when their product is below
+    ``1 / (CHOLESKY_MARGIN * rtol)`` the eigendecomposition would keep every direction and both
+    whitenings give the same canonical correlations; otherwise (dead, duplicate or nearly
+    dependent neurons) the caller falls back to the eigendecomposition, which drops them.
+    """
+    factor, info = torch.linalg.cholesky_ex(scatter)
+    if int(info) != 0:
+        return None
+    eye = torch.eye(scatter.shape[0], dtype=scatter.dtype, device=scatter.device)
+    inverse = torch.linalg.solve_triangular(factor, eye, upper=False)
+    bound = torch.linalg.matrix_norm(scatter) * torch.linalg.matrix_norm(inverse) ** 2
+    if not bool(bound * CHOLESKY_MARGIN * rtol < 1.0):
+        return None
+    return inverse.T
+
+
+class _Side:
+    """One representation's scatter matrix with its decompositions, computed on first use."""
+
+    def __init__(self, scatter: torch.Tensor, rtol: float) -> None:
+        self.scatter = scatter
+        self.rtol = rtol
+        self._spectrum: Spectrum | None = None
+        self._whitening: torch.Tensor | None = None
+
+    def spectrum(self) -> Spectrum:
+        if self._spectrum is None:
+            self._spectrum = Spectrum.of(self.scatter, self.rtol)
+        return self._spectrum
+
+    def whitening(self) -> torch.Tensor:
+        """(num_neurons, k) whitening: Cholesky when well conditioned, else the spectrum's."""
+        if self._whitening is None:
+            whitening = None
+            if self.rtol > 0 and self.scatter.numel():
+                whitening = _cholesky_whitening(self.scatter, self.rtol)
+            self._whitening = self.spectrum().whitening() if whitening is None else whitening
+        return self._whitening
+
+    def num_active_neurons(self) -> int:
+        return _active_neurons(self.scatter, self.rtol)
+
+
+class Representation:
+    """One layer's activations, prepared once to be compared with many others.
+
+    Keeps the input (not copied) with its float64 column means and, once computed, its
+    scatter matrix, eigendecomposition and whitening. Comparing one representation, e.g. the
+    final one, with many snapshots through :meth:`PairMoments.between` computes those once.
+
+    Args:
+        activations: (num_datapoints, num_neurons) tensor or array of any real dtype.
+        rtol: Relative tolerance below which directions are dropped as degenerate.
+        name: Argument name used in error messages.
+
+    Example:
+        >>> final = Representation(torch.randn(500, 8))
+        >>> curve = [PairMoments.between(final, Representation(torch.randn(500, 8))).mean_cca()
+        ...          for _ in range(3)]
+        >>> len(curve)
+        3
+    """
+
+    def __init__(
+        self, activations: ArrayLike, *, rtol: float = DEFAULT_RTOL, name: str = "x"
+    ) -> None:
+        self.rtol = _check_rtol(rtol)
+        self.activations = _checked(activations, name)
+        self.mean = _column_mean(self.activations, name)
+        self._side: _Side | None = None
+
+    @property
+    def count(self) -> int:
+        """Number of datapoints (rows)."""
+        return int(self.activations.shape[0])
+
+    @property
+    def num_neurons(self) -> int:
+        """Number of neurons (columns)."""
+        return int(self.activations.shape[1])
 
 
 @dataclass(frozen=True)
@@ -198,44 +347,65 @@ class PairMoments:
     """
 
     def __init__(self, rtol: float = DEFAULT_RTOL) -> None:
-        if not 0.0 <= rtol < 1.0:
-            raise ValueError(f"rtol must be in [0, 1), got {rtol}")
-        self.rtol = rtol
+        self.rtol = _check_rtol(rtol)
         self.count = 0
         self.mean_x: torch.Tensor | None = None
         self.mean_y: torch.Tensor | None = None
         self.scatter_xx: torch.Tensor | None = None
         self.scatter_yy: torch.Tensor | None = None
         self.scatter_xy: torch.Tensor | None = None
-        self._spectra: dict[str, Spectrum] = {}
+        self._sides: dict[str, _Side] = {}
 
     @classmethod
     def from_data(cls, x: ArrayLike, y: ArrayLike, *, rtol: float = DEFAULT_RTOL) -> PairMoments:
         """Moments of two full matrices ``x`` (n, dx) and ``y`` (n, dy)."""
-        moments = cls(rtol)
-        moments.update(x, y)
+        return cls.between(
+            Representation(x, rtol=rtol, name="x"), Representation(y, rtol=rtol, name="y")
+        )
+
+    @classmethod
+    def between(cls, x: Representation, y: Representation) -> PairMoments:
+        """Moments of two prepared representations, reusing what each has computed before.
+
+        Only the cross products are always computed; each side's scatter matrix, spectrum
+        and whitening are computed once per :class:`Representation` and shared.
+
+        Raises:
+            ValueError: If the row counts or the ``rtol`` of ``x`` and ``y`` differ.
+        """
+        _check_pair(x.activations, y.activations)
+        if x.rtol != y.rtol:
+            raise ValueError(f"x and y must share rtol, got {x.rtol} and {y.rtol}")
+        moments = cls(x.rtol)
+        if x.count == 0:
+            return moments
+        missing = [(i, rep) for i, rep in enumerate((x, y)) if rep._side is None]
+        products = _centered_products(
+            [(x.activations, x.mean), (y.activations, y.mean)],
+            [(0, 1), *((i, i) for i, _ in missing)],
+        )
+        for (_, rep), scatter in zip(missing, products[1:], strict=True):
+            rep._side = _Side(scatter, x.rtol)
+        moments.count = x.count
+        moments.mean_x, moments.mean_y = x.mean, y.mean
+        moments.scatter_xx, moments.scatter_yy = x._side.scatter, y._side.scatter
+        moments.scatter_xy = products[0]
+        moments._sides = {"x": x._side, "y": y._side}
         return moments
 
     def update(self, x: ArrayLike, y: ArrayLike) -> None:
         """Add a minibatch: ``x`` (batch, dx) and ``y`` (batch, dy), rows aligned."""
-        xb, yb = _as_matrix(x, "x"), _as_matrix(y, "y")
-        _check_pair(xb, yb)
+        xb = Representation(x, rtol=self.rtol, name="x")
+        yb = Representation(y, rtol=self.rtol, name="y")
+        _check_pair(xb.activations, yb.activations)
         if self.scatter_xx is not None and (
-            xb.shape[1] != self.scatter_xx.shape[0] or yb.shape[1] != self.scatter_yy.shape[0]
+            xb.num_neurons != self.scatter_xx.shape[0] or yb.num_neurons != self.scatter_yy.shape[0]
         ):
             raise ValueError(
-                f"minibatch neuron counts ({xb.shape[1]}, {yb.shape[1]}) differ from earlier ones "
-                f"({self.scatter_xx.shape[0]}, {self.scatter_yy.shape[0]})"
+                f"minibatch neuron counts ({xb.num_neurons}, {yb.num_neurons}) differ from "
+                f"earlier ones ({self.scatter_xx.shape[0]}, {self.scatter_yy.shape[0]})"
             )
-        if xb.shape[0] == 0:
-            return
-        mean_x, xc = _centered(xb)
-        mean_y, yc = _centered(yb)
-        batch = PairMoments(self.rtol)
-        batch.count = xb.shape[0]
-        batch.mean_x, batch.mean_y = mean_x, mean_y
-        batch.scatter_xx, batch.scatter_yy, batch.scatter_xy = xc.T @ xc, yc.T @ yc, xc.T @ yc
-        self._absorb(batch)
+        self._absorb(PairMoments.between(xb, yb))
 
     def merge(self, other: PairMoments) -> PairMoments:
         """A new accumulator holding the datapoints of both ``self`` and ``other``."""
@@ -245,7 +415,7 @@ class PairMoments:
         return merged
 
     def _absorb(self, other: PairMoments) -> None:
-        self._spectra = {}
+        self._sides = {}
         if other.count == 0:
             return
         if self.count == 0:
@@ -285,17 +455,20 @@ class PairMoments:
         if self.count == 0:
             raise ValueError("no datapoints: call update() with at least one minibatch first")
 
+    def _side(self, side: Literal["x", "y"]) -> _Side:
+        self._require_data()
+        if side not in self._sides:
+            scatter = self.scatter_xx if side == "x" else self.scatter_yy
+            self._sides[side] = _Side(scatter, self.rtol)
+        return self._sides[side]
+
     def spectrum(self, side: Literal["x", "y"]) -> Spectrum:
         """The (cached) :class:`Spectrum` of the x or y scatter matrix."""
-        self._require_data()
-        if side not in self._spectra:
-            scatter = self.scatter_xx if side == "x" else self.scatter_yy
-            self._spectra[side] = Spectrum.of(scatter, self.rtol)
-        return self._spectra[side]
+        return self._side(side).spectrum()
 
     def _check_sample_size(self) -> None:
         for side in ("x", "y"):
-            active = self.spectrum(side).num_active_neurons
+            active = self._side(side).num_active_neurons()
             if self.count <= active:
                 raise ValueError(
                     f"{side} has {active} non-constant neurons but only {self.count} datapoints: "
@@ -312,6 +485,22 @@ class PairMoments:
                     stacklevel=4,
                 )
 
+    def _whitenings(
+        self, keep_x: float | int | None, keep_y: float | int | None, cutoff: SvccaCutoff
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d, k) whitening of each side, reduced to SVCCA's leading directions if asked."""
+        self._require_data()
+        self._check_sample_size()
+        wx = self._reduced_whitening("x", keep_x, cutoff)
+        return wx, self._reduced_whitening("y", keep_y, cutoff)
+
+    def _reduced_whitening(
+        self, side: Literal["x", "y"], keep: float | int | None, cutoff: SvccaCutoff
+    ) -> torch.Tensor:
+        if keep is None:
+            return self._side(side).whitening()
+        return self.spectrum(side).truncated(keep, cutoff).whitening()
+
     def cca(
         self,
         *,
@@ -320,36 +509,39 @@ class PairMoments:
         cutoff: SvccaCutoff = "variance",
     ) -> CCAResult:
         """Canonical correlations and weights; ``keep_*`` reduce each side as SVCCA does."""
-        self._require_data()
-        self._check_sample_size()
-        sx, sy = self.spectrum("x"), self.spectrum("y")
-        if keep_x is not None:
-            sx = sx.truncated(keep_x, cutoff)
-        if keep_y is not None:
-            sy = sy.truncated(keep_y, cutoff)
-        return _solve_cca(sx, sy, self.scatter_xy)
+        return _solve_cca(*self._whitenings(keep_x, keep_y, cutoff), self.scatter_xy)
+
+    def _correlations(
+        self,
+        keep_x: float | int | None = None,
+        keep_y: float | int | None = None,
+        cutoff: SvccaCutoff = "variance",
+    ) -> torch.Tensor:
+        """The correlations of :meth:`cca` alone (singular values without vectors)."""
+        return _solve_correlations(*self._whitenings(keep_x, keep_y, cutoff), self.scatter_xy)
 
     def canonical_correlations(self) -> torch.Tensor:
         """(m,) canonical correlations, descending, m = min(rank x, rank y)."""
-        return self.cca().correlations
+        return self._correlations()
 
     def mean_cca(self) -> float:
         """Mean of all canonical correlations."""
-        return _mean(self.cca().correlations)
+        return _mean(self._correlations())
 
     def svcca(self, *, keep: float | int = 0.99, cutoff: SvccaCutoff = "variance") -> float:
         """SVCCA similarity (see the module docstring for ``keep`` and ``cutoff``)."""
-        return _mean(self.cca(keep_x=keep, keep_y=keep, cutoff=cutoff).correlations)
+        return _mean(self._correlations(keep, keep, cutoff))
 
     def pwcca(self, *, reference_code: bool = False) -> float:
         """PWCCA similarity with weights from x (paper definition) or as the reference code."""
         if reference_code:
             return self._pwcca_reference_code()
         result = self.cca()
-        sx = self.spectrum("x")
+        if not result.num_directions_x:
+            return 0.0
         # <h_i, x_j> = a_iᵀ Cxx e_j with a_i = x_weights[:, i]
         projections = result.x_weights.T @ self.scatter_xx
-        return _weighted_mean(result.correlations, projections.abs().sum(dim=1)) if sx.rank else 0.0
+        return _weighted_mean(result.correlations, projections.abs().sum(dim=1))
 
     def _pwcca_reference_code(self) -> float:
         """PWCCA as the released ``pwcca.compute_pwcca`` computes it, from moments.
@@ -393,18 +585,29 @@ class PairMoments:
         return getattr(self, _check_measure(measure))()
 
 
-def _solve_cca(sx: Spectrum, sy: Spectrum, scatter_xy: torch.Tensor) -> CCAResult:
-    wx, wy = sx.whitening(), sy.whitening()
+def _svd_failed(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    warnings.warn("SVD did not converge; returning NaN correlations", RuntimeWarning, stacklevel=4)
+    return wx.new_full((min(wx.shape[1], wy.shape[1]),), math.nan)
+
+
+def _solve_cca(wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor) -> CCAResult:
+    kx, ky = wx.shape[1], wy.shape[1]
     try:
         u, s, vh = torch.linalg.svd(wx.T @ scatter_xy @ wy, full_matrices=False)
     except torch.linalg.LinAlgError:
-        warnings.warn(
-            "SVD did not converge; returning NaN correlations", RuntimeWarning, stacklevel=3
-        )
-        m = min(sx.rank, sy.rank)
-        nan = scatter_xy.new_full((m,), math.nan)
-        return CCAResult(nan, wx[:, :m] * math.nan, wy[:, :m] * math.nan, sx.rank, sy.rank)
-    return CCAResult(s.clamp(0, 1), wx @ u, wy @ vh.T, sx.rank, sy.rank)
+        nan = _svd_failed(wx, wy)
+        m = nan.numel()
+        return CCAResult(nan, wx[:, :m] * math.nan, wy[:, :m] * math.nan, kx, ky)
+    return CCAResult(s.clamp(0, 1), wx @ u, wy @ vh.T, kx, ky)
+
+
+def _solve_correlations(
+    wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor
+) -> torch.Tensor:
+    try:
+        return torch.linalg.svdvals(wx.T @ scatter_xy @ wy).clamp(0, 1)
+    except torch.linalg.LinAlgError:
+        return _svd_failed(wx, wy)
 
 
 def _mean(values: torch.Tensor) -> float:
