@@ -9,7 +9,6 @@ files are :class:`cca_monitor.storage.SnapshotStore`, distances come from
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data.dataloader import default_collate
 from typing_extensions import override
 
-from cca_monitor.capture import capture_activations, resolve_layer_names, unwrap_model
+from cca_monitor.capture import (
+    capture_activations,
+    preserved_rng_state,
+    resolve_layer_names,
+    unwrap_model,
+)
 from cca_monitor.convergence import analyse_snapshots, report_problems, snapshot_distances
 from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode, to_datapoints
 from cca_monitor.records import DistanceRecord
@@ -32,8 +36,6 @@ from cca_monitor.report import log_records, write_report
 from cca_monitor.schedule import evenly_spaced, every_n_steps
 from cca_monitor.similarity import Measure, check_measures
 from cca_monitor.storage import SnapshotStore
-
-log = logging.getLogger(__name__)
 
 ProbeSource = torch.Tensor | Dataset | DataLoader | None
 Schedule = Callable[[int], bool]
@@ -234,7 +236,8 @@ class MonitorLogic:
         if isinstance(source, torch.Tensor):
             probe = source
         else:
-            probe = _first_inputs(source, self.probe_size)
+            with preserved_rng_state():  # dataset transforms may draw random numbers
+                probe = _first_inputs(source, self.probe_size)
         if probe.dim() == 0 or probe.shape[0] < 2:
             raise ValueError(f"the probe needs at least 2 examples, got shape {tuple(probe.shape)}")
         return probe.detach().cpu()

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -37,6 +39,7 @@ __all__ = [
     "ActivationRecorder",
     "capture_activations",
     "default_layer_names",
+    "preserved_rng_state",
     "resolve_layer_names",
     "unwrap_model",
 ]
@@ -425,7 +428,7 @@ def capture_activations(
         output_index=output_index,
     )
     context = autocast_context or contextlib.nullcontext
-    with _preserved_modes(model), _preserved_rng_state(), torch.no_grad(), recorder:
+    with _preserved_modes(model), preserved_rng_state(), torch.no_grad(), recorder:
         model.eval()
         for batch in batches:
             with context():
@@ -569,16 +572,24 @@ def _preserved_modes(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _preserved_rng_state() -> Iterator[None]:
-    """Restore the CPU and (if CUDA is initialized) every CUDA generator state on exit."""
+def preserved_rng_state() -> Iterator[None]:
+    """Restore every random stream training may use on exit.
+
+    That is torch's CPU generator, every CUDA generator (if CUDA is initialized), Python's
+    ``random`` and numpy's global generator, the streams ``seed_everything`` seeds.
+    """
     cpu_state = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    python_state = random.getstate()
+    numpy_state = np.random.get_state()
     try:
         yield
     finally:
         torch.set_rng_state(cpu_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _submodule_names(model: nn.Module) -> list[str]:

@@ -117,7 +117,7 @@ def test_the_monitor_does_change_the_model_when_rng_is_not_restored(tmp_path, mo
     """The identical-weights test can fail: a leak of the RNG state makes it differ."""
     import cca_monitor.capture as capture
 
-    monkeypatch.setattr(capture, "_preserved_rng_state", _consume_rng)
+    monkeypatch.setattr(capture, "preserved_rng_state", _consume_rng)
     _, without = _fit(tmp_path / "a", None)
     _, with_monitor = _fit(tmp_path / "b", CCAMonitor(every_n_train_steps=3))
     assert any(
@@ -363,3 +363,36 @@ def test_failed_snapshot_write_is_reported_and_training_goes_on(tmp_path, monkey
     assert trainer.global_step == 16
     assert monitor.store.steps() == [0, 6, 9, 12, 15, 16]
     assert {r.step for r in monitor.results if r.reference == "final"} == {0, 6, 9, 12, 15, 16}
+
+
+class _AugmentedDataset(torch.utils.data.Dataset):
+    """Training examples with random noise drawn from torch's, Python's and numpy's RNGs."""
+
+    def __init__(self) -> None:
+        self.data = tiny_dataset(256, 0)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index):
+        import random
+
+        import numpy as np
+
+        x, y = self.data[index]
+        noise = 0.1 * torch.randn_like(x) + random.random() * 0.01 + float(np.random.rand()) * 0.01
+        return x + noise, y
+
+
+def test_probe_from_augmented_training_data_leaves_rng_alone(tmp_path):
+    def fit(root, callbacks):
+        pl.seed_everything(0, verbose=False)
+        model = TinyConvNet()
+        loader = torch.utils.data.DataLoader(_AugmentedDataset(), batch_size=32, shuffle=True)
+        tiny_trainer(root, callbacks=callbacks, max_epochs=1).fit(model, loader)
+        return model
+
+    without = fit(tmp_path / "a", [])
+    with_monitor = fit(tmp_path / "b", [CCAMonitor(num_snapshots=3, probe_size=100)])
+    for a, b in zip(_state(without).values(), _state(with_monitor).values(), strict=True):
+        assert torch.equal(a, b)

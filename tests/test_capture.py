@@ -710,3 +710,20 @@ def test_compiled_submodule_is_captured_every_time():
         assert list(captured) == ["body._orig_mod.0", "body._orig_mod.2"]
         expected = model.body._orig_mod[0](probe).detach()
         torch.testing.assert_close(captured["body._orig_mod.0"], expected)
+
+
+def test_python_and_numpy_random_streams_are_restored():
+    import random
+
+    import numpy as np
+
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return x + random.random() + float(np.random.rand())
+
+    model = nn.Sequential(nn.Linear(3, 3), Noisy())
+    random.seed(1)
+    np.random.seed(1)
+    capture_activations(model, torch.randn(5, 3))
+    assert (random.random(), np.random.rand()) == (random.Random(1).random(),
+                                                   np.random.RandomState(1).rand())
