@@ -624,3 +624,18 @@ def bottom_up_experiment(
     save_figure(figure, args.out / "bottom_up.png")
     write_summary(args.out, summary)
     return summary
+
+
+# -- comparisons across runs ----------------------------------------------------------------
+
+
+def final_snapshot_monitor(
+    split: Split, layers: Sequence[str], measure: str = "pwcca"
+) -> CCAMonitor:
+    """A monitor that keeps the first and the final snapshot on the shared probe images.
+
+    Runs compared with :func:`cca_monitor.compare.compare_runs` need only their final
+    representations; every run of a script gets the same probe tensor, so their snapshots hold
+    the same datapoints.
+    """
+    return CCAMonitor(split.probe_images, layers=layers, measures=[measure], num_snapshots=2)
