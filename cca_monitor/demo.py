@@ -161,13 +161,15 @@ def run_demo(
     fast_dev: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     accelerator: str = "cpu",
+    num_threads: int | None = None,
 ) -> DemoResult:
     """Train :class:`DemoCNN` on the bundled MNIST digits and log to TensorBoard.
 
     Seeds everything with ``seed`` (weights, dropout, batch order; the train/validation split
     is fixed), then fits with a deterministic trainer that logs to
-    ``TensorBoardLogger(out_dir, name="mnist_cnn")``. With the defaults the model reaches about
-    97-98% validation accuracy in well under two minutes on two CPU cores.
+    ``TensorBoardLogger(out_dir, name="mnist_cnn")``. With the defaults (10 epochs of 63 steps)
+    the model reaches about 97% validation accuracy (96.9-97.8% over seeds 0-2) in 10-30
+    seconds on two CPU cores.
 
     Args:
         out_dir: Root directory for TensorBoard logs and checkpoints.
@@ -178,12 +180,15 @@ def run_demo(
             and ``SMOKE_VAL_BATCHES`` validation batches, ignoring ``max_epochs``.
         batch_size: Training and validation batch size.
         accelerator: Lightning accelerator, ``"cpu"`` by default.
+        num_threads: CPU threads for torch during the fit (``torch.set_num_threads``; the
+            previous setting is restored afterwards). ``None`` keeps the current setting. On a
+            shared or busy machine, 1 avoids the large slowdown of oversubscribed threads.
 
     Returns:
         The final validation metrics, the fit time, the log directory, trainer and model.
 
     Raises:
-        ValueError: If ``max_epochs`` is not positive.
+        ValueError: If ``max_epochs`` or ``num_threads`` is not positive.
 
     Example:
         >>> result = run_demo("/tmp/cca_demo", fast_dev=True)  # doctest: +SKIP
@@ -192,6 +197,8 @@ def run_demo(
     """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be a positive int, got {max_epochs}")
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads must be a positive int or None, got {num_threads}")
     pl.seed_everything(seed, verbose=False)
     datamodule = MNISTDigitsDataModule(batch_size=batch_size, shuffle_seed=seed)
     model = DemoCNN()
@@ -208,11 +215,7 @@ def run_demo(
         deterministic=True,
         accelerator=accelerator,
     )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(model, datamodule=datamodule)
-    seconds = time.perf_counter() - start
+    seconds = _timed_fit(trainer, model, datamodule, num_threads)
     metrics = trainer.callback_metrics
     result = DemoResult(
         val_accuracy=float(metrics["val_acc"]),
@@ -230,3 +233,26 @@ def run_demo(
         result.log_dir,
     )
     return result
+
+
+def _timed_fit(
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    num_threads: int | None,
+) -> float:
+    """Fit with ``num_threads`` torch threads (restored afterwards); return the wall seconds.
+
+    The data lives in memory, so Lightning's advice to add dataloader workers is silenced.
+    """
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            trainer.fit(model, datamodule=datamodule)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return time.perf_counter() - start
