@@ -124,12 +124,18 @@ def _check_rtol(rtol: float) -> float:
 
 CHUNK_BYTES = 8 * 2**20
 """Rows are centered in float64 chunks of about this size, so no full float64 copy is made."""
+GRAM_BLOCK = 256
+"""Symmetric products are split into column blocks of about this width, upper ones only."""
+OFFSET_LIMIT = 1.0
+"""Float64 inputs whose column means are at most ``sqrt(OFFSET_LIMIT)`` standard deviations are
+multiplied uncentered, without a copy, and corrected by ``n m mᵀ``; their rounding error is then
+at most ``1 + OFFSET_LIMIT`` times that of centered data. Larger offsets are centered first."""
 
 
 def _centered_products(
     parts: Sequence[tuple[torch.Tensor, torch.Tensor]], pairs: Sequence[tuple[int, int]]
 ) -> list[torch.Tensor]:
-    """Float64 ``(a_i - m_i)ᵀ (a_j - m_j)`` for each ``(i, j)`` in ``pairs``.
+    """Float64 ``(a_i - m_i)ᵀ (a_j - m_j)`` for each ``(i, j)`` in ``pairs``, centered first.
 
     Args:
         parts: ``(activations (n, d_i), mean (d_i,))`` for each input, rows aligned.
@@ -152,6 +158,39 @@ def _centered_products(
         for total, (i, j) in zip(totals, pairs, strict=True):
             total.addmm_(centered[i].T, centered[j])
     return totals
+
+
+def _symmetric_gram(a: torch.Tensor) -> torch.Tensor:
+    """``aᵀ a`` (d, d) from the products of column blocks on and above the diagonal."""
+    width = a.shape[1]
+    blocks = max(1, width // GRAM_BLOCK)
+    if blocks == 1:
+        return a.T @ a
+    edges = [round(k * width / blocks) for k in range(blocks + 1)]
+    gram = a.new_empty((width, width))
+    for i, (start, stop) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        for other_start, other_stop in zip(edges[i:-1], edges[i + 1 :], strict=True):
+            block = a[:, start:stop].T @ a[:, other_start:other_stop]
+            gram[start:stop, other_start:other_stop] = block
+            gram[other_start:other_stop, start:stop] = block.T
+    return gram
+
+
+def _uncentered_product(
+    a: torch.Tensor, mean_a: torch.Tensor, b: torch.Tensor, mean_b: torch.Tensor, same: bool
+) -> torch.Tensor:
+    """``aᵀ b - n m_a m_bᵀ`` (float64 inputs, no copy); ``same`` when ``b`` is ``a``."""
+    product = _symmetric_gram(a) if same else a.T @ b
+    return product.addr_(mean_a, mean_b, alpha=-a.shape[0])
+
+
+def _offsets_are_small(scatter: torch.Tensor, mean: torch.Tensor, count: int) -> bool:
+    """Whether every ``n m_i²`` is within ``OFFSET_LIMIT`` times the scatter's ``C_ii``.
+
+    A constant neuron with a nonzero mean fails (its ``C_ii`` is rounding noise), a zero one
+    passes. The rounding of an uncentered ``C_ii`` cannot hide a large offset.
+    """
+    return bool((count * mean.square() <= OFFSET_LIMIT * scatter.diagonal()).all())
 
 
 def _active_neurons(scatter: torch.Tensor, rtol: float) -> int:
@@ -297,6 +336,7 @@ class Representation:
         self.activations = _checked(activations, name)
         self.mean = _column_mean(self.activations, name)
         self._side: _Side | None = None
+        self._small_offsets: bool | None = None  # known once the scatter is
 
     @property
     def count(self) -> int:
@@ -307,6 +347,30 @@ class Representation:
     def num_neurons(self) -> int:
         """Number of neurons (columns)."""
         return int(self.activations.shape[1])
+
+
+def _scatter_products(
+    reps: Sequence[Representation], pairs: Sequence[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """Centered float64 products of the representations, ``(i, j)`` for each pair.
+
+    Each representation either appears as ``(i, i)`` in ``pairs`` or has its scatter already.
+    Float64 inputs with small offsets are multiplied in place, the others centered first.
+    """
+    if all(r.activations.dtype == COMPUTE_DTYPE and r._small_offsets is not False for r in reps):
+        totals = [
+            _uncentered_product(
+                reps[i].activations, reps[i].mean, reps[j].activations, reps[j].mean, i == j
+            )
+            for i, j in pairs
+        ]
+        scatters = {i: total for total, (i, j) in zip(totals, pairs, strict=True) if i == j}
+        for index, rep in enumerate(reps):
+            scatter = scatters[index] if index in scatters else rep._side.scatter
+            rep._small_offsets = _offsets_are_small(scatter, rep.mean, rep.count)
+        if all(r._small_offsets for r in reps):
+            return totals
+    return _centered_products([(r.activations, r.mean) for r in reps], pairs)
 
 
 @dataclass(frozen=True)
@@ -380,10 +444,7 @@ class PairMoments:
         if x.count == 0:
             return moments
         missing = [(i, rep) for i, rep in enumerate((x, y)) if rep._side is None]
-        products = _centered_products(
-            [(x.activations, x.mean), (y.activations, y.mean)],
-            [(0, 1), *((i, i) for i, _ in missing)],
-        )
+        products = _scatter_products((x, y), [(0, 1), *((i, i) for i, _ in missing)])
         for (_, rep), scatter in zip(missing, products[1:], strict=True):
             rep._side = _Side(scatter, x.rtol)
         moments.count = x.count
