@@ -62,18 +62,14 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else store.directory.parent / "cca_report"
     paths = write_report(analysis, out, tensorboard_dir=out / "tensorboard")
     if args.html and analysis.layers:
-        paths.append(_write_html(analysis, store, out, title=f"CCA convergence: {args.run_dir}"))
+        from cca_monitor.html_report import write_html_report
+
+        title = f"CCA convergence: {args.run_dir}"
+        floors = analysis.summary["noise_floor"]
+        paths.append(write_html_report(analysis, out, title=title, noise_floors=floors))
     print(format_table(analysis.records, analysis.summary))
     print(f"\nWrote {len(paths)} files and TensorBoard events to {out}")
     return 0
-
-
-def _write_html(analysis: RunAnalysis, store: SnapshotStore, out: Path, title: str) -> Path:
-    from cca_monitor.html_report import write_html_report
-    from cca_monitor.noise import noise_floors
-
-    floors = noise_floors(store, analysis.measures, step=analysis.summary["reference_step"])
-    return write_html_report(analysis, out, title=title, noise_floors=floors)
 
 
 def _compare(args: argparse.Namespace) -> int:

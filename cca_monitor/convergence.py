@@ -1,5 +1,10 @@
 """Distances between snapshots: each layer to its final representation, or to the previous one.
 
+Also the noise floor of each layer: the distance its final representation has to a row-shuffled
+copy of itself, i.e. what "unrelated" looks like with these shapes. With finite data CCA finds
+chance correlations between unrelated representations, so their distance is below 1, and the
+more neurons per datapoint, the lower.
+
 Pure computation over activation matrices of shape (num_datapoints, num_neurons) and stored
 snapshots; no Lightning, no logging backends. The reference representation (final or previous)
 is always the first argument of the similarity, so for the asymmetric PWCCA the weights come
@@ -18,7 +23,13 @@ from typing import Any
 import torch
 
 from cca_monitor.records import DistanceRecord, Reference
-from cca_monitor.similarity import Measure, PairMoments, SampleSizeWarning, check_measures
+from cca_monitor.similarity import (
+    Measure,
+    PairMoments,
+    SampleSizeWarning,
+    check_measures,
+    random_baseline,
+)
 from cca_monitor.storage import SnapshotStore
 
 _SIDE_PREFIX = re.compile(r"^[xy] (?=has |contains )")
@@ -167,7 +178,9 @@ class RunAnalysis:
         measures: The measures computed; the first one is used for ``convergence_step``.
         summary: JSON-ready dict: ``measure``, ``threshold``, ``convergence_step``
             ({layer: first step within ``threshold`` of final, or None}), ``steps``,
-            ``reference_step`` and ``layers``.
+            ``reference_step``, ``layers`` and ``noise_floor`` ({measure: {layer: distance of
+            the reference snapshot to a row-shuffled copy of itself}}, see
+            :func:`noise_floors`).
     """
 
     records: list[DistanceRecord]
@@ -202,21 +215,78 @@ def analyse_snapshots(
     found = list(dict.fromkeys(record.layer for record in to_final))
     ordered = [layer for layer in (layers or found) if layer in found]
     steps = store.steps()
+    reference = steps[-1] if reference_step is None else reference_step
     summary = {
         "measure": measures[0],
         "threshold": threshold,
-        "convergence_step": convergence_steps(
-            to_final, measure=measures[0], threshold=threshold
-        ),
+        "convergence_step": convergence_steps(to_final, measure=measures[0], threshold=threshold),
         "steps": steps,
-        "reference_step": steps[-1] if reference_step is None else reference_step,
+        "reference_step": reference,
         "layers": ordered,
+        "noise_floor": noise_floors(store, measures, step=reference),
     }
     return RunAnalysis(to_final + to_previous, ordered, measures, summary)
 
 
 class LayerWarning(UserWarning):
     """A layer's distances are NaN or statistically weak (e.g. too few datapoints)."""
+
+
+def noise_floors(
+    store: SnapshotStore,
+    measures: Sequence[Measure],
+    *,
+    step: int | None = None,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """``1 - random_baseline(final, final)`` for every layer and measure of a run.
+
+    Args:
+        store: The run's snapshots; each layer's activations are (num_datapoints,
+            num_neurons).
+        measures: Measure names, see :data:`cca_monitor.similarity.MEASURES`.
+        step: The snapshot to use; None means the last one (the final representation).
+        repeats: Row shuffles averaged per value.
+        seed: Seed of the shuffles (the global random generator is untouched).
+
+    Returns:
+        ``{measure: {layer: distance}}``, layers in snapshot order; NaN (with a warning naming
+        the layer) where the measure cannot be computed, e.g. too few datapoints.
+
+    Raises:
+        ValueError: If a measure is unknown, the store is empty or has no snapshot at ``step``.
+
+    Example:
+        >>> import tempfile
+        >>> store = SnapshotStore(tempfile.mkdtemp())
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> _ = store.write(0, {"fc": torch.randn(500, 10, generator=generator)})
+        >>> round(noise_floors(store, ["svcca"])["svcca"]["fc"], 2)
+        0.89
+    """
+    measures = check_measures(measures)
+    steps = store.steps()
+    if not steps:
+        raise ValueError(f"no snapshots found in {store.directory}")
+    if step is None:
+        step = steps[-1]
+    if step not in steps:
+        raise ValueError(f"`step` {step} is not a stored step; steps: {steps}")
+    floors: dict[str, dict[str, float]] = {measure: {} for measure in measures}
+    problems: dict[str, list[str]] = {}
+    for layer, activations in store.read(step).items():
+        for measure in measures:
+            try:
+                similarity = random_baseline(
+                    activations, activations, measure, repeats=repeats, seed=seed
+                )
+            except (ValueError, torch.linalg.LinAlgError) as error:
+                problems.setdefault(layer, []).append(str(error))
+                similarity = math.nan
+            floors[measure][layer] = 1.0 - similarity
+    report_problems(problems)
+    return floors
 
 
 def report_problems(problems: Mapping[str, Iterable[str]]) -> None:

@@ -212,7 +212,7 @@ def render_html(
             :func:`cca_monitor.convergence.analyse_snapshots`.
         title: Page title and heading.
         noise_floors: Optional ``{measure: {layer: distance}}`` from
-            :func:`cca_monitor.noise.noise_floors`.
+            :func:`cca_monitor.convergence.noise_floors`.
 
     Returns:
         The HTML text.

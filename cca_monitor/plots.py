@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -33,6 +33,7 @@ _REFERENCE_NAMES = {"final": "final representation", "previous": "previous snaps
 _LINE_COLORMAP = "viridis"
 _HEATMAP_COLORMAP = "magma_r"
 _Y_MARGIN = 0.02
+NOISE_FLOOR_LABEL = "unrelated (row-shuffled)"
 _MAX_STEP_LABELS = 8
 _DPI = 100
 
@@ -104,8 +105,10 @@ def convergence_figure(
         records: Distance records; those of other measures or references are ignored.
         measure: Measure to plot, e.g. ``"svcca"``.
         reference: ``"final"`` or ``"previous"``.
-        noise_floor: If given, a shaded band from 0 to this distance marks the values that
-            cannot be told apart from noise.
+        noise_floor: The distance unrelated representations reach (the distance of the final
+            representation to a row-shuffled copy of itself, see
+            :func:`cca_monitor.convergence.noise_floors`). If given, a shaded band from it up
+            to the top marks distances no better than unrelated.
         layers: Layers to plot, bottom to top; layers without records are skipped. Defaults
             to all layers with records, in the order first seen.
 
@@ -133,7 +136,13 @@ def convergence_figure(
     figure = _new_figure(7.0, 4.2)
     axes = figure.add_subplot()
     if noise_floor is not None:
-        axes.axhspan(0.0, noise_floor, color="0.5", alpha=0.2, label="noise floor")
+        axes.axhspan(
+            noise_floor,
+            max(1.0, noise_floor) + _Y_MARGIN,
+            color="0.5",
+            alpha=0.2,
+            label=NOISE_FLOOR_LABEL,
+        )
     for layer, distances, color in zip(order, grid, colors, strict=True):
         axes.plot(steps, distances, marker="o", markersize=3, color=color, label=layer)
     top = max(1.0, float(grid[np.isfinite(grid)].max(initial=0.0)))
@@ -226,6 +235,8 @@ def save_figures(
     records: Sequence[DistanceRecord],
     directory: str | os.PathLike[str],
     measures: Sequence[str],
+    *,
+    noise_floors: Mapping[str, float] | None = None,
 ) -> list[Path]:
     """Write the convergence curves and the heatmap of distances to the final representation.
 
@@ -236,6 +247,8 @@ def save_figures(
         records: Distance records holding ``reference="final"`` rows for every measure.
         directory: Destination folder.
         measures: Measures to plot, e.g. ``["svcca", "pwcca"]``.
+        noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances on the
+            curves (see :func:`convergence_figure`).
 
     Returns:
         The written paths, two per measure, in the order of ``measures``.
@@ -251,12 +264,16 @@ def save_figures(
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for measure in measures:
-        for name, draw in (
-            (f"cca_{measure}_to_final.png", convergence_figure),
-            (f"cca_{measure}_heatmap.png", heatmap_figure),
-        ):
+        floor = (noise_floors or {}).get(measure)
+        figures = {
+            f"cca_{measure}_to_final.png": convergence_figure(
+                records, measure=measure, noise_floor=floor
+            ),
+            f"cca_{measure}_heatmap.png": heatmap_figure(records, measure=measure),
+        }
+        for name, figure in figures.items():
             path = folder / name
-            draw(records, measure=measure, reference="final").savefig(path)
+            figure.savefig(path)
             paths.append(path)
     log.info("Wrote %d figures to %s", len(paths), folder)
     return paths

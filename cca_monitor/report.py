@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.tensorboard import SummaryWriter
@@ -216,6 +216,7 @@ def _write_extras(
     records: Sequence[DistanceRecord],
     measures: Sequence[str],
     layers: Sequence[str],
+    noise_floors: Mapping[str, float] | None,
 ) -> None:
     """Write the custom-scalars layout and the figures of every measure, then flush."""
     layout = custom_scalars_layout(records, measures, layers)
@@ -223,7 +224,8 @@ def _write_extras(
         writer.add_custom_scalars(layout)
     last_step = max(record.step for record in records)
     for measure in measures:
-        curves = convergence_figure(records, measure=measure, layers=layers)
+        floor = (noise_floors or {}).get(measure)
+        curves = convergence_figure(records, measure=measure, layers=layers, noise_floor=floor)
         heatmap = heatmap_figure(records, measure=measure, layers=layers)
         _add_figure(writer, f"cca/{measure}_to_final_curves", curves, last_step)
         _add_figure(writer, f"cca/{measure}_to_final_heatmap", heatmap, last_step)
@@ -235,6 +237,8 @@ def log_tensorboard_extras(
     records: Sequence[DistanceRecord],
     measures: Sequence[str],
     layers: Sequence[str],
+    *,
+    noise_floors: Mapping[str, float] | None = None,
 ) -> None:
     """Add the chart layout and figures to every TensorBoard logger among ``loggers``.
 
@@ -248,6 +252,7 @@ def log_tensorboard_extras(
         records: The distances to draw; each measure needs ``reference="final"`` records.
         measures: Measures to draw, e.g. ``["svcca", "pwcca"]``.
         layers: Monitored layers, bottom to top; sets the order of lines and rows.
+        noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances.
 
     Raises:
         TypeError: If an argument is not a sequence.
@@ -259,7 +264,7 @@ def log_tensorboard_extras(
         return
     _check_extras_arguments(records, measures, layers)
     for logger in selected:
-        _write_extras(logger.experiment, records, measures, layers)
+        _write_extras(logger.experiment, records, measures, layers, noise_floors)
 
 
 def write_tensorboard(
@@ -267,6 +272,8 @@ def write_tensorboard(
     log_dir: str | os.PathLike[str],
     measures: Sequence[str],
     layers: Sequence[str],
+    *,
+    noise_floors: Mapping[str, float] | None = None,
 ) -> None:
     """Write the scalars, layout and figures of ``records`` as TensorBoard events, no trainer.
 
@@ -279,6 +286,7 @@ def write_tensorboard(
             at it or at a parent.
         measures: Measures to draw, e.g. ``["svcca", "pwcca"]``.
         layers: Monitored layers, bottom to top.
+        noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances.
 
     Raises:
         TypeError: If an argument is not a sequence.
@@ -291,7 +299,7 @@ def write_tensorboard(
         for step, values in _metrics_by_step(records):
             for tag, value in values.items():
                 writer.add_scalar(tag, value, global_step=step)
-        _write_extras(writer, records, measures, layers)
+        _write_extras(writer, records, measures, layers, noise_floors)
     finally:
         writer.close()
     log.info("Wrote TensorBoard events for %d records to %s", len(records), log_dir)
@@ -319,11 +327,23 @@ def write_report(
     if not analysis.layers:
         log.warning("No layer has distances to report; only the result files were written")
         return paths
-    paths += save_figures(analysis.records, directory, analysis.measures)
+    floors = _lowest_noise_floors(analysis.summary.get("noise_floor", {}))
+    paths += save_figures(analysis.records, directory, analysis.measures, noise_floors=floors)
     to_final = [record for record in analysis.records if record.reference == "final"]
+    arguments = (analysis.records, analysis.measures, analysis.layers)
     if loggers:
         log_records(loggers, to_final)
-        log_tensorboard_extras(loggers, analysis.records, analysis.measures, analysis.layers)
+        log_tensorboard_extras(loggers, *arguments, noise_floors=floors)
     if tensorboard_dir is not None:
-        write_tensorboard(analysis.records, tensorboard_dir, analysis.measures, analysis.layers)
+        write_tensorboard(arguments[0], tensorboard_dir, *arguments[1:], noise_floors=floors)
     return paths
+
+
+def _lowest_noise_floors(floors: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Per measure, the lowest finite layer floor: above it, some layer looks unrelated."""
+    lowest = {}
+    for measure, by_layer in floors.items():
+        finite = [value for value in by_layer.values() if math.isfinite(value)]
+        if finite:
+            lowest[measure] = min(finite)
+    return lowest

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from cca_monitor.cli import main
-from cca_monitor.convergence import analyse_snapshots, convergence_steps
+from cca_monitor.convergence import analyse_snapshots, convergence_steps, noise_floors
 from cca_monitor.html_report import HTML_REPORT_NAME, render_html, write_html_report
-from cca_monitor.noise import noise_floors
 from cca_monitor.storage import SNAPSHOT_DIR_NAME, SnapshotStore
 
 NUM_DATAPOINTS = 300

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from cca_monitor.convergence import LayerWarning
-from cca_monitor.noise import noise_floors
+from cca_monitor.convergence import LayerWarning, noise_floors
 from cca_monitor.similarity import MEASURES, random_baseline
 from cca_monitor.storage import SnapshotStore
 

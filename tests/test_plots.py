@@ -6,7 +6,13 @@ import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from cca_monitor.plots import convergence_figure, figure_to_image, heatmap_figure, save_figures
+from cca_monitor.plots import (
+    NOISE_FLOOR_LABEL,
+    convergence_figure,
+    figure_to_image,
+    heatmap_figure,
+    save_figures,
+)
 from cca_monitor.records import DistanceRecord
 
 LAYERS = ["features.0", "features.3", "features.10", "classifier"]
@@ -93,13 +99,14 @@ def test_convergence_keeps_nan_as_a_gap():
     assert np.isfinite(np.delete(ydata, 3)).all()
 
 
-def test_noise_floor_is_a_band_not_a_line():
-    axes = convergence_figure(_records(), measure="svcca", noise_floor=0.08).axes[0]
+def test_noise_floor_is_a_band_from_the_floor_up():
+    axes = convergence_figure(_records(), measure="svcca", noise_floor=0.85).axes[0]
     assert len(axes.get_lines()) == len(LAYERS)
-    (band,) = [patch for patch in axes.patches if patch.get_label() == "noise floor"]
+    (band,) = [patch for patch in axes.patches if patch.get_label() == NOISE_FLOOR_LABEL]
     ys = band.get_path().transformed(band.get_patch_transform()).vertices[:, 1]
-    assert (ys.min(), ys.max()) == pytest.approx((0.0, 0.08))
-    assert "noise floor" in [text.get_text() for text in axes.get_legend().get_texts()]
+    assert ys.min() == pytest.approx(0.85)
+    assert ys.max() >= 1.0
+    assert NOISE_FLOOR_LABEL in [text.get_text() for text in axes.get_legend().get_texts()]
 
 
 def test_layers_argument_orders_and_filters():
