@@ -55,6 +55,13 @@ _EXPORTS = {
     "match_spatial": "cca_monitor.layout",
     "per_frequency_similarity": "cca_monitor.layout",
     "per_timestep": "cca_monitor.layout",
+    "noise_floors": "cca_monitor.convergence",
+    "find_store": "cca_monitor.storage",
+    "probe_fingerprint": "cca_monitor.storage",
+    "compare_runs": "cca_monitor.compare",
+    "RunComparison": "cca_monitor.compare",
+    "FreezeTraining": "cca_monitor.freeze",
+    "write_html_report": "cca_monitor.html_report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -75,13 +82,17 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from cca_monitor.callback import CCAMonitor
     from cca_monitor.capture import ActivationRecorder, capture_activations, default_layer_names
+    from cca_monitor.compare import RunComparison, compare_runs
     from cca_monitor.convergence import (
         RunAnalysis,
         analyse_snapshots,
         convergence_steps,
         distances_to_previous,
         distances_to_reference,
+        noise_floors,
     )
+    from cca_monitor.freeze import FreezeTraining
+    from cca_monitor.html_report import write_html_report
     from cca_monitor.layout import (
         conv_similarity,
         match_spatial,
@@ -106,4 +117,4 @@ if TYPE_CHECKING:
         similarities,
         svcca,
     )
-    from cca_monitor.storage import SnapshotStore, read_results
+    from cca_monitor.storage import SnapshotStore, find_store, probe_fingerprint, read_results

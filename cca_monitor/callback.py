@@ -8,7 +8,6 @@ files are :class:`cca_monitor.storage.SnapshotStore`, distances come from
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,12 +34,11 @@ from cca_monitor.records import DistanceRecord
 from cca_monitor.report import log_records, write_report
 from cca_monitor.schedule import evenly_spaced, every_n_steps
 from cca_monitor.similarity import Measure, check_measures
-from cca_monitor.storage import SnapshotStore
+from cca_monitor.storage import SNAPSHOT_DIR_NAME, SnapshotStore, probe_fingerprint
 
 ProbeSource = torch.Tensor | Dataset | DataLoader | None
 Schedule = Callable[[int], bool]
 
-SNAPSHOT_DIR_NAME = "cca_snapshots"
 CONVERGENCE_THRESHOLD = 0.1
 
 
@@ -160,7 +158,9 @@ class MonitorLogic:
         return {
             "captured_steps": list(self._captured),
             "run_dir": str(self.run_dir) if self.run_dir is not None else None,
-            "probe_fingerprint": _fingerprint(self._probe) if self._probe is not None else None,
+            "probe_fingerprint": probe_fingerprint(self._probe)
+            if self._probe is not None
+            else None,
         }
 
     @override
@@ -199,7 +199,7 @@ class MonitorLogic:
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._continue_resumed_series(trainer)
         self._probe = self._resolve_probe(trainer)
-        fingerprint = _fingerprint(self._probe)
+        fingerprint = probe_fingerprint(self._probe)
         if self._resumed_fingerprint is not None and self._resumed_fingerprint != fingerprint:
             raise ValueError(
                 "the probe set differs from the one of the run being resumed (fingerprint "
@@ -479,12 +479,6 @@ def _gather_to_rank_zero(
     gathered: list[Any] | None = [None] * trainer.world_size if trainer.is_global_zero else None
     dist.gather_object(local, gathered, dst=0)
     return gathered or []
-
-
-def _fingerprint(probe: torch.Tensor) -> str:
-    digest = hashlib.sha256(str((tuple(probe.shape), str(probe.dtype))).encode())
-    digest.update(probe.contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _finite_layers(activations: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:

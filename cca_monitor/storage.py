@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -37,6 +38,7 @@ __all__ = [
     "RESULTS_FIELDS",
     "RESULTS_JSON_NAME",
     "SNAPSHOT_DIR_NAME",
+    "probe_fingerprint",
     "SnapshotStore",
     "find_store",
     "read_results",
@@ -269,6 +271,21 @@ class SnapshotStore:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             return False
         return self.path(step).is_file()
+
+
+def probe_fingerprint(probe: torch.Tensor) -> str:
+    """SHA-256 of a probe tensor's shape, dtype and bytes: the identity of a probe set.
+
+    Runs compared with each other, or a run resumed from a checkpoint, must have the same one.
+
+    Example:
+        >>> probe_fingerprint(torch.zeros(2, 3)) == probe_fingerprint(torch.zeros(2, 3))
+        True
+    """
+    tensor = probe.detach().cpu().contiguous()
+    digest = hashlib.sha256(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+    digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def find_store(path: str | os.PathLike[str]) -> SnapshotStore:
