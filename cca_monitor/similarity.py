@@ -100,9 +100,20 @@ def _as_matrix(a: ArrayLike, name: str) -> torch.Tensor:
 def _column_mean(a: torch.Tensor, name: str) -> torch.Tensor:
     """(num_neurons,) float64 mean of ``a``; raises if ``a`` holds NaN or inf.
 
-    Any NaN or inf makes its column's mean non-finite, so the full check runs only then.
+    Any NaN or inf makes its column's mean non-finite, so the full check runs only then. On
+    the CPU, other dtypes are upcast chunk by chunk into a small buffer (much faster than a
+    reduction that converts every element).
     """
-    mean = a.mean(dim=0, dtype=COMPUTE_DTYPE)
+    if a.dtype == COMPUTE_DTYPE or a.device.type != "cpu" or not a.shape[0]:
+        mean = a.mean(dim=0, dtype=COMPUTE_DTYPE)
+    else:
+        rows = _chunk_rows(a.shape[0], a.shape[1])
+        buffer = a.new_empty((rows, a.shape[1]), dtype=COMPUTE_DTYPE)
+        total = a.new_zeros(a.shape[1], dtype=COMPUTE_DTYPE)
+        for start in range(0, a.shape[0], rows):
+            chunk = a[start : start + rows]
+            total += buffer[: chunk.shape[0]].copy_(chunk).sum(dim=0)
+        mean = total / a.shape[0]
     if a.shape[0] and not bool(torch.isfinite(mean).all()):
         _raise_if_not_finite(a, name)
     return mean
@@ -122,14 +133,21 @@ def _check_rtol(rtol: float) -> float:
     return rtol
 
 
-CHUNK_BYTES = 8 * 2**20
-"""Rows are centered in float64 chunks of about this size, so no full float64 copy is made."""
+CHUNK_BYTES = 2**19
+"""Rows are upcast and centered in float64 chunks of about this size (cache-resident)."""
+MIN_CHUNK_ROWS = 256
+"""Chunks hold at least this many rows, so that each product stays efficient."""
 GRAM_BLOCK = 256
 """Symmetric products are split into column blocks of about this width, upper ones only."""
 OFFSET_LIMIT = 1.0
 """Float64 inputs whose column means are at most ``sqrt(OFFSET_LIMIT)`` standard deviations are
 multiplied uncentered, without a copy, and corrected by ``n m mᵀ``; their rounding error is then
 at most ``1 + OFFSET_LIMIT`` times that of centered data. Larger offsets are centered first."""
+
+
+def _chunk_rows(total_rows: int, width: int) -> int:
+    """Rows per chunk so that ``width`` float64 columns fill about ``CHUNK_BYTES``."""
+    return max(1, min(total_rows, max(MIN_CHUNK_ROWS, CHUNK_BYTES // (8 * max(width, 1)))))
 
 
 def _centered_products(
@@ -141,20 +159,25 @@ def _centered_products(
         parts: ``(activations (n, d_i), mean (d_i,))`` for each input, rows aligned.
         pairs: Index pairs into ``parts``.
 
-    On the CPU the rows are centered chunk by chunk (upcast in the same pass), so the centered
-    float64 rows stay small and cache-resident; elsewhere in one piece.
+    On the CPU the rows are upcast and centered in one step per chunk, into small float64
+    buffers that stay in cache; elsewhere in one piece.
     """
     first = parts[0][0]
-    width = sum(a.shape[1] for a, _ in parts)
-    rows = first.shape[0]
+    total_rows = first.shape[0]
+    rows = total_rows
     if first.device.type == "cpu":
-        rows = max(1, CHUNK_BYTES // (8 * max(width, 1)))
+        rows = _chunk_rows(total_rows, sum(a.shape[1] for a, _ in parts))
+    buffers = [first.new_empty((rows, a.shape[1]), dtype=COMPUTE_DTYPE) for a, _ in parts]
     totals = [
         first.new_zeros((parts[i][0].shape[1], parts[j][0].shape[1]), dtype=COMPUTE_DTYPE)
         for i, j in pairs
     ]
-    for start in range(0, first.shape[0], rows):
-        centered = [a[start : start + rows] - mean for a, mean in parts]
+    for start in range(0, total_rows, rows):
+        size = min(rows, total_rows - start)
+        centered = [
+            torch.sub(a[start : start + size], mean, out=buffer[:size])
+            for (a, mean), buffer in zip(parts, buffers, strict=True)
+        ]
         for total, (i, j) in zip(totals, pairs, strict=True):
             total.addmm_(centered[i].T, centered[j])
     return totals
@@ -355,7 +378,7 @@ def _scatter_products(
     """Centered float64 products of the representations, ``(i, j)`` for each pair.
 
     Each representation either appears as ``(i, i)`` in ``pairs`` or has its scatter already.
-    Float64 inputs with small offsets are multiplied in place, the others centered first.
+    Float64 inputs with small offsets are multiplied in place, the others centered in chunks.
     """
     if all(r.activations.dtype == COMPUTE_DTYPE and r._small_offsets is not False for r in reps):
         totals = [
