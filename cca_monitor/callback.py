@@ -29,7 +29,7 @@ from cca_monitor.capture import (
     unwrap_model,
 )
 from cca_monitor.convergence import analyse_snapshots, report_problems, snapshot_distances
-from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode, to_datapoints
+from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode
 from cca_monitor.records import DistanceRecord
 from cca_monitor.report import log_records, write_report
 from cca_monitor.schedule import evenly_spaced, every_n_steps
@@ -273,38 +273,30 @@ class MonitorLogic:
     ) -> dict[str, torch.Tensor]:
         """The probe's activations, whole on rank 0; under several processes each runs a shard.
 
-        With ``world_size > 1`` every rank forwards its contiguous slice of the probe without
-        the row cap, rank 0 gathers the slices in rank order and applies the cap, so the
-        snapshot equals the one a single process takes. Other ranks return ``{}``.
+        With ``world_size > 1`` every rank forwards its contiguous slice of the probe (the row
+        cap keeps the slice's share of the rows kept from the whole probe) and rank 0 gathers
+        the slices in rank order, so the snapshot equals the one a single process takes.
+        Other ranks return ``{}``.
         """
-        options = dict(self.capture_options)
-        world_size = trainer.world_size
-        max_rows = options.pop("max_rows")
-        shard = torch.tensor_split(self._probe, world_size)[trainer.global_rank]
+        shards = torch.tensor_split(self._probe, trainer.world_size)
         local = capture_activations(
             pl_module,
-            shard,
+            shards[trainer.global_rank],
             self._layers,
             batch_size=self.probe_batch_size,
             device=pl_module.device,
             autocast_context=trainer.precision_plugin.forward_context,
-            max_rows=max_rows if world_size == 1 else None,
-            **options,
+            probe_offset=sum(len(shard) for shard in shards[: trainer.global_rank]),
+            probe_total=len(self._probe),
+            **self.capture_options,
         )
-        if world_size == 1:
+        if trainer.world_size == 1:
             return local
-        shards = _gather_to_rank_zero(local, trainer)
+        parts = _gather_to_rank_zero(local, trainer)
         if not trainer.is_global_zero:
             return {}
-        common = [layer for layer in local if all(layer in part for part in shards)]
-        return {
-            layer: to_datapoints(
-                torch.cat([part[layer] for part in shards]),
-                max_rows=max_rows,
-                seed=options["seed"],
-            )
-            for layer in common
-        }
+        common = [layer for layer in local if all(layer in part for part in parts)]
+        return {layer: torch.cat([part[layer] for part in parts]) for layer in common}
 
     def _drop_too_wide(self, trainer: pl.Trainer, activations: dict[str, torch.Tensor]) -> None:
         """Drop (defaults) or reject (named layers) layers with no more datapoints than neurons.

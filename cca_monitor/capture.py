@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import functools
 import random
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +31,7 @@ from cca_monitor.layout import (
     ConvMode,
     LayoutKind,
     check_layout_arguments,
+    kept_rows_in_range,
     to_datapoints,
 )
 
@@ -168,8 +168,10 @@ class ActivationRecorder:
     :func:`cca_monitor.layout.to_datapoints`), detached, copied to the CPU (so that later
     in-place operations on the output, such as ``nn.ReLU(inplace=True)``, do not change it) and
     upcast to float32 if it was float16 or bfloat16. Several forward calls (probe minibatches)
-    concatenate their rows; the row cap ``max_rows`` then applies to each call separately, with
-    the same seed, so equally sized minibatches keep the same positions.
+    concatenate their rows. The row cap ``max_rows`` applies to each call separately, unless
+    :meth:`set_probe_window` declares which examples of a whole probe the next call holds
+    (:func:`capture_activations` does): then the rows kept are those the cap keeps from the
+    whole probe, whatever the minibatches.
 
     Which part of a layer's output is recorded:
 
@@ -195,7 +197,9 @@ class ActivationRecorder:
         model: The model to observe.
         layers: Layer selection, see :func:`resolve_layer_names`.
         conv_mode: Layout of convolution outputs, see :data:`cca_monitor.layout.ConvMode`.
-        max_rows: Cap on the rows kept per layer and forward call, or ``None`` for no cap.
+        max_rows: Cap on the rows kept per layer, or ``None`` for no cap. Each forward call
+            is capped on its own unless :meth:`set_probe_window` says which part of a larger
+            probe it holds.
         seed: Seed of the row subsampling.
         output_index: Which element of a tuple/list output (an int) or dict output (a key) to
             record.
@@ -227,9 +231,8 @@ class ActivationRecorder:
         check_layout_arguments(conv_mode=conv_mode, max_rows=max_rows, seed=seed)
         if isinstance(output_index, bool) or not isinstance(output_index, (int, str)):
             raise TypeError(f"output_index must be an int or a str, got {output_index!r}.")
-        self._to_datapoints = functools.partial(
-            to_datapoints, conv_mode=conv_mode, max_rows=max_rows, seed=seed
-        )
+        self._conv_mode, self._max_rows, self._seed = conv_mode, max_rows, seed
+        self._window: tuple[int, int] | None = None
         self._output_index = output_index
         self._handles: list[RemovableHandle] = []
         self._chunks: dict[str, list[torch.Tensor]] = {}
@@ -335,9 +338,35 @@ class ActivationRecorder:
         if isinstance(module, nn.RNNBase):
             selected = _batch_first_sequence(module, selected, self._output_index)
             kind = "sequence"
-        matrix = self._to_datapoints(selected.detach(), kind=kind)
+        matrix = to_datapoints(selected.detach(), kind=kind, conv_mode=self._conv_mode)
+        matrix = self._cap_rows(selected.shape[0], matrix)
         dtype = torch.float32 if matrix.dtype in _HALF_DTYPES else matrix.dtype
         return matrix.to(device="cpu", dtype=dtype, copy=True)
+
+    def set_probe_window(self, start: int, total: int) -> None:
+        """Declare that the next forward call starts at example ``start`` of ``total``.
+
+        The row cap then keeps the rows it would keep from the whole probe of ``total``
+        examples. Without a window, the cap applies to each forward call on its own.
+        """
+        if not 0 <= start < total:
+            raise ValueError(f"probe window start must be in [0, {total}), got {start}")
+        self._window = (start, total)
+
+    def _cap_rows(self, examples: int, matrix: torch.Tensor) -> torch.Tensor:
+        """Keep the capped rows of one forward call's ``(rows, neurons)`` matrix."""
+        start, total = self._window or (0, examples)
+        per_example = matrix.shape[0] // examples
+        keep = kept_rows_in_range(
+            total * per_example,
+            self._max_rows,
+            self._seed,
+            start * per_example,
+            (start + examples) * per_example,
+        )
+        if keep.numel() == matrix.shape[0]:
+            return matrix
+        return matrix.index_select(0, keep.to(matrix.device))
 
     def _append(self, name: str, matrix: torch.Tensor) -> None:
         """Add rows to layer ``name``, checking that the number of neurons did not change."""
@@ -369,6 +398,8 @@ def capture_activations(
     output_index: int | str = 0,
     device: torch.device | str | None = None,
     autocast_context: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    probe_offset: int = 0,
+    probe_total: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the probe set through the model and return the selected layers' activations.
 
@@ -388,9 +419,10 @@ def capture_activations(
             All tensors must have the same size along dimension 0.
         layers: Layer selection, see :func:`resolve_layer_names`.
         batch_size: Probe examples per forward call, or ``None`` to run the whole probe at
-            once. One call is preferable: the row cap then draws from the whole probe.
+            once. The result does not depend on it: the row cap keeps the rows it would keep
+            from one call on the whole probe.
         conv_mode: Layout of convolution outputs, see :data:`cca_monitor.layout.ConvMode`.
-        max_rows: Cap on the rows kept per layer and forward call, or ``None``; see
+        max_rows: Cap on the rows kept per layer over the whole probe, or ``None``; see
             :func:`cca_monitor.layout.to_datapoints`.
         seed: Seed of the row subsampling (never the global generator).
         output_index: Which element of tuple/list outputs (an int) or dict outputs (a key) to
@@ -398,6 +430,11 @@ def capture_activations(
         device: Where to run the forward; defaults to the device of the model's first
             parameter, or the CPU if it has none.
         autocast_context: A callable returning a context manager to run the forward in.
+        probe_offset: When ``probe`` is a slice of a larger probe (one process's share),
+            the index of its first example in the whole probe.
+        probe_total: The number of examples of the whole probe (default: ``probe``'s). With
+            ``probe_offset`` it makes the row cap keep, from the slice, exactly the rows it
+            keeps from the whole probe, so slices captured apart concatenate to one capture.
 
     Returns:
         Layer name -> float ``(num_datapoints, num_neurons)`` tensor on the CPU (float16 and
@@ -430,9 +467,13 @@ def capture_activations(
     context = autocast_context or contextlib.nullcontext
     with _preserved_modes(model), preserved_rng_state(), torch.no_grad(), recorder:
         model.eval()
+        start = probe_offset
+        total = probe_total if probe_total is not None else _num_examples(batches)
         for batch in batches:
+            recorder.set_probe_window(start, total)
             with context():
                 _call(model, _to_device(batch, device))
+            start += _probe_tensors(batch)[0].shape[0]
     activations = recorder.activations
     missing = [
         name for name in recorder.layers if name not in activations and name not in recorder.errors
@@ -503,6 +544,10 @@ def _probe_batches(probe: Probe, batch_size: int | None) -> list[Probe]:
     num_examples = sizes.pop()
     step = batch_size or num_examples
     return [_slice(probe, start, start + step) for start in range(0, num_examples, step)]
+
+
+def _num_examples(batches: Sequence[Probe]) -> int:
+    return sum(_probe_tensors(batch)[0].shape[0] for batch in batches)
 
 
 def _probe_tensors(probe: Probe) -> list[torch.Tensor]:

@@ -36,6 +36,7 @@ The module depends on torch only.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Literal, TypeVar
@@ -44,6 +45,7 @@ import torch
 from torch.nn import functional
 
 __all__ = [
+    "kept_rows_in_range",
     "DEFAULT_MAX_ROWS",
     "ConvMode",
     "ConvPairMode",
@@ -570,6 +572,33 @@ def _check_conv_pair(x: object, y: object, *, same_spatial: bool, mode: str) -> 
 
 def _row_subset(num_rows: int, max_rows: int, seed: int, device: torch.device) -> torch.Tensor:
     """Sorted indices of ``max_rows`` of ``num_rows`` rows, drawn from a private generator."""
+    return _cached_row_subset(num_rows, max_rows, seed).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_row_subset(num_rows: int, max_rows: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(num_rows, generator=generator)[:max_rows]
-    return chosen.sort().values.to(device)
+    return chosen.sort().values
+
+
+def kept_rows_in_range(
+    num_rows: int, max_rows: int | None, seed: int, start: int, stop: int
+) -> torch.Tensor:
+    """Which rows of ``[start, stop)`` the row cap keeps, as indices relative to ``start``.
+
+    For a matrix of ``num_rows`` rows built in pieces (probe minibatches, or the slices of
+    several processes), keeping these rows of each piece gives exactly the rows that
+    :func:`to_datapoints` with the same ``max_rows`` and ``seed`` keeps from the whole matrix.
+
+    Example:
+        >>> whole = to_datapoints(torch.arange(10.0)[:, None], max_rows=4, seed=1)
+        >>> pieces = [torch.arange(s, s + 5.0)[:, None][kept_rows_in_range(10, 4, 1, s, s + 5)]
+        ...           for s in (0, 5)]
+        >>> bool(torch.equal(torch.cat(pieces), whole))
+        True
+    """
+    if max_rows is None or num_rows <= max_rows:
+        return torch.arange(stop - start)
+    chosen = _cached_row_subset(num_rows, max_rows, seed)
+    return chosen[(chosen >= start) & (chosen < stop)] - start

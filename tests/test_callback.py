@@ -396,3 +396,22 @@ def test_probe_from_augmented_training_data_leaves_rng_alone(tmp_path):
     with_monitor = fit(tmp_path / "b", [CCAMonitor(num_snapshots=3, probe_size=100)])
     for a, b in zip(_state(without).values(), _state(with_monitor).values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_large_probe_runs_in_minibatches(tmp_path):
+    """50,400 conv rows per snapshot: the probe forward runs in minibatches of 100 examples."""
+    probe = tiny_dataset(1400, 7).tensors[0]
+    monitor = CCAMonitor(
+        probe, layers=["conv"], probe_batch_size=100, max_rows=None, num_snapshots=2
+    )
+    model = TinyConvNet()
+    eval_batches = []
+    model.register_forward_hook(
+        lambda module, args, out: eval_batches.append(len(args[0])) if not module.training else None
+    )
+    pl.seed_everything(0, verbose=False)
+    trainer = tiny_trainer(tmp_path, callbacks=[monitor], max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, tiny_loaders()[0])
+    assert eval_batches == [100] * 28  # 14 minibatches at each of the 2 snapshots
+    assert monitor.store.read(0)["conv"].shape == (1400 * 36, 4)
+    assert all(math.isfinite(r.distance) for r in monitor.results)

@@ -589,9 +589,27 @@ def test_capture_in_minibatches_equals_one_batch(images, batch_size):
         torch.testing.assert_close(batched[name], whole[name])
 
 
-def test_capture_row_cap_applies_per_minibatch(images):
-    acts = capture_activations(ConvNet(), images, ["features.0"], batch_size=4, max_rows=10)
-    assert acts["features.0"].shape == (20, 4)
+@pytest.mark.parametrize("batch_size", [1, 3, 4], ids=["b1", "b3", "b4"])
+def test_row_cap_keeps_the_same_rows_whatever_the_minibatches(images, batch_size):
+    model = ConvNet()
+    whole = capture_activations(model, images, ["features.0"], max_rows=10)
+    batched = capture_activations(model, images, ["features.0"], max_rows=10, batch_size=batch_size)
+    assert whole["features.0"].shape == (10, 4)
+    torch.testing.assert_close(batched["features.0"], whole["features.0"])
+
+
+def test_slices_of_a_probe_concatenate_to_the_whole_capture(images):
+    model = ConvNet()
+    whole = capture_activations(model, images, ["features.0", "head"], max_rows=10)
+    total = images.shape[0]
+    slices = [
+        capture_activations(
+            model, part, ["features.0", "head"], max_rows=10, probe_offset=start, probe_total=total
+        )
+        for start, part in zip(range(0, total, 3), images.split(3), strict=True)
+    ]
+    for layer, values in whole.items():
+        torch.testing.assert_close(torch.cat([part[layer] for part in slices]), values)
 
 
 def test_capture_sequence_and_mapping_probes():
@@ -725,5 +743,7 @@ def test_python_and_numpy_random_streams_are_restored():
     random.seed(1)
     np.random.seed(1)
     capture_activations(model, torch.randn(5, 3))
-    assert (random.random(), np.random.rand()) == (random.Random(1).random(),
-                                                   np.random.RandomState(1).rand())
+    assert (random.random(), np.random.rand()) == (
+        random.Random(1).random(),
+        np.random.RandomState(1).rand(),
+    )
