@@ -32,7 +32,7 @@ from cca_monitor.convergence import analyse_snapshots
 from cca_monitor.data import load_mnist_digits
 from cca_monitor.report import write_report
 from cca_monitor.schedule import evenly_spaced
-from cca_monitor.storage import SNAPSHOT_DIR_NAME, SnapshotStore
+from cca_monitor.storage import SNAPSHOT_DIR_NAME, SnapshotStore, probe_fingerprint
 
 LAYERS = ["fc1", "fc2", "fc3"]
 MEASURES = ["svcca", "pwcca"]
@@ -88,7 +88,14 @@ def train(out: Path, *, smoke: bool = False, seed: int = 0) -> tuple[MLP, Snapsh
     model = MLP()
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     store = SnapshotStore(out / SNAPSHOT_DIR_NAME)
-    store.write_metadata({"layers": LAYERS, "measures": MEASURES, "probe_shape": list(probe.shape)})
+    store.write_metadata(
+        {
+            "layers": LAYERS,
+            "measures": MEASURES,
+            "probe_shape": list(probe.shape),
+            "probe_fingerprint": probe_fingerprint(probe),
+        }
+    )
     for step, (inputs, targets) in enumerate(batches):
         if snapshot_due(step):
             store.write(step, capture_activations(model, probe, LAYERS))
