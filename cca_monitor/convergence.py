@@ -26,6 +26,7 @@ from cca_monitor.records import DistanceRecord, Reference
 from cca_monitor.similarity import (
     Measure,
     PairMoments,
+    Representation,
     SampleSizeWarning,
     check_measures,
     random_baseline,
@@ -37,15 +38,18 @@ _SIDE_PREFIX = re.compile(r"^[xy] (?=has |contains )")
 
 
 def layer_distances(
-    reference: torch.Tensor,
-    snapshot: torch.Tensor,
+    reference: torch.Tensor | Representation,
+    snapshot: torch.Tensor | Representation,
     measures: Sequence[Measure],
 ) -> tuple[dict[str, float], list[str]]:
     """Distances (1 - similarity) of one layer's snapshot to a reference snapshot.
 
     Args:
-        reference: Reference activations (num_datapoints, num_neurons), e.g. the final ones.
-        snapshot: Activations of the same layer and probe (num_datapoints, num_neurons).
+        reference: Reference activations (num_datapoints, num_neurons), e.g. the final ones,
+            or a :class:`~cca_monitor.similarity.Representation` of them: its moments and
+            whitening are then computed once for all the snapshots compared with it.
+        snapshot: Activations of the same layer and probe (num_datapoints, num_neurons), or a
+            :class:`~cca_monitor.similarity.Representation` of them.
         measures: Measure names, see :data:`cca_monitor.similarity.MEASURES`.
 
     Returns:
@@ -57,13 +61,21 @@ def layer_distances(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SampleSizeWarning)
         try:
-            moments = PairMoments.from_data(reference, snapshot)
+            moments = PairMoments.between(
+                _representation(reference, "x"), _representation(snapshot, "y")
+            )
             values = {m: 1.0 - moments.similarity(m) for m in measures}
         except (ValueError, torch.linalg.LinAlgError) as error:
             problems.append(str(error))
             values = dict.fromkeys(measures, math.nan)
     problems.extend(str(w.message) for w in caught if issubclass(w.category, SampleSizeWarning))
     return values, list(dict.fromkeys(problems))
+
+
+def _representation(activations: torch.Tensor | Representation, name: str) -> Representation:
+    if isinstance(activations, Representation):
+        return activations
+    return Representation(activations, name=name)
 
 
 def snapshot_distances(
@@ -148,24 +160,60 @@ def _collect(
     reference_for: Callable[[dict[str, torch.Tensor] | None], dict[str, torch.Tensor] | None],
     kind: Reference,
 ) -> list[DistanceRecord]:
-    """Distances of each stored snapshot to ``reference_for(previous snapshot)``."""
+    """Distances of each stored snapshot to ``reference_for(previous snapshot)``.
+
+    Every snapshot is prepared once as :class:`~cca_monitor.similarity.Representation` per
+    layer, and kept while it can serve again as a reference, so the final (or previous)
+    representation's moments and whitening are computed once, not for every comparison.
+    """
     measures = check_measures(measures)
     records: list[DistanceRecord] = []
     problems: dict[str, list[str]] = {}
     previous: dict[str, torch.Tensor] | None = None
+    prepared: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
     for step in steps:
         snapshot = store.read(step)
         reference = reference_for(previous)
         if reference is not None:
             step_records, step_problems = snapshot_distances(
-                reference, snapshot, measures, step=step, kind=kind
+                _prepared(reference, prepared),
+                _prepared(snapshot, prepared),
+                measures,
+                step=step,
+                kind=kind,
             )
             records.extend(step_records)
             for layer, messages in step_problems.items():
                 problems.setdefault(layer, []).extend(messages)
         previous = snapshot
+        # keep only what the next step can compare with again: this snapshot, the reference
+        prepared = {
+            key: entry
+            for key, entry in prepared.items()
+            if entry[0] is snapshot or entry[0] is reference
+        }
     report_problems(problems)
     return records
+
+
+def _prepared(
+    snapshot: dict[str, torch.Tensor], cache: dict[int, tuple[dict[str, torch.Tensor], dict]]
+) -> dict[str, Any]:
+    """``{layer: Representation}`` of a snapshot, made once per snapshot object.
+
+    A layer whose activations are rejected (e.g. NaN) stays a tensor, so that
+    :func:`layer_distances` reports the problem for it.
+    """
+    if id(snapshot) not in cache:
+        cache[id(snapshot)] = (snapshot, {k: _try_representation(v) for k, v in snapshot.items()})
+    return cache[id(snapshot)][1]
+
+
+def _try_representation(activations: torch.Tensor) -> torch.Tensor | Representation:
+    try:
+        return Representation(activations)
+    except ValueError:
+        return activations
 
 
 @dataclass(frozen=True)
