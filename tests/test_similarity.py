@@ -550,3 +550,57 @@ def test_cuda_matches_cpu(seed):
     x, y = _pair(500, 20, 10, torch.float32, seed)
     for measure, fn in sim.MEASURES.items():
         assert fn(x.cuda(), y.cuda()) == pytest.approx(fn(x, y), abs=1e-8), measure
+
+
+# -- reuse and fast paths --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("measure", sorted(sim.MEASURES), ids=sorted(sim.MEASURES))
+def test_representation_reused_against_many(measure, seed):
+    x, y = _pair(600, 9, 7, torch.float64, seed)
+    final = sim.Representation(x)
+    first = sim.PairMoments.between(final, sim.Representation(y))
+    second = sim.PairMoments.between(final, sim.Representation(y.float() + 1.0))
+    assert first.similarity(measure) == pytest.approx(
+        sim.PairMoments.from_data(x, y).similarity(measure), abs=STREAM_TOL
+    )
+    assert second.similarity(measure) == pytest.approx(
+        sim.PairMoments.from_data(x, y.float() + 1.0).similarity(measure), abs=STREAM_TOL
+    )
+    assert first.spectrum("x") is second.spectrum("x"), "the reference is decomposed once"
+
+
+def test_between_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="same datapoints"):
+        sim.PairMoments.between(
+            sim.Representation(torch.randn(9, 2)), sim.Representation(torch.randn(8, 2))
+        )
+    with pytest.raises(ValueError, match="share rtol"):
+        sim.PairMoments.between(
+            sim.Representation(torch.randn(9, 2)), sim.Representation(torch.randn(9, 2), rtol=1e-6)
+        )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_products_over_many_chunks(dtype, monkeypatch, seed):
+    monkeypatch.setattr(sim, "CHUNK_BYTES", 1024)  # MIN_CHUNK_ROWS rows per chunk
+    x, y = _pair(1000, 6, 5, dtype, seed)
+    x = x + 500.0  # a large offset takes the centered path for float64 too
+    reference = ref_correlations(x.double().numpy(), y.double().numpy())
+    np.testing.assert_allclose(
+        sim.canonical_correlations(x, y).numpy(), reference, atol=REFERENCE_TOL
+    )
+
+
+def test_cholesky_whitening_only_when_no_direction_is_dropped(seed):
+    x, _ = _pair(500, 6, 2, torch.float64, seed)
+    scatter = (x - x.mean(0)).T @ (x - x.mean(0))
+    whitening = sim._cholesky_whitening(scatter, sim.DEFAULT_RTOL)
+    torch.testing.assert_close(
+        whitening.T @ scatter @ whitening, torch.eye(6, dtype=torch.float64), atol=1e-10, rtol=0
+    )
+    duplicated = torch.cat([x, x[:, :1]], dim=1)
+    singular = (duplicated - duplicated.mean(0)).T @ (duplicated - duplicated.mean(0))
+    assert sim._cholesky_whitening(singular, sim.DEFAULT_RTOL) is None
+    scales = torch.logspace(0, 3, 6, dtype=torch.float64)
+    assert sim._cholesky_whitening(scatter * torch.outer(scales, scales), 1e-3) is None
