@@ -44,11 +44,12 @@ representations have all correlations equal to 1, so that raises; fewer than
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -62,6 +63,33 @@ DEFAULT_RTOL = 1e-10
 """Directions with variance below this fraction of the largest are dropped before whitening."""
 MIN_DATAPOINTS_PER_NEURON = 10
 """Below this many datapoints per neuron, canonical correlations are biased upward: warn."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with one intra-op CPU thread, then restore the thread count.
+
+    Used for the decompositions of (num_neurons, num_neurons) matrices: they are sequences of
+    many short parallel regions, which a second thread speeds up little, and which stall for a
+    scheduler time slice at every barrier when other processes share the cores (an eigh of a
+    512 x 512 matrix took 0.03 s on one thread and 6 s on two on such a machine).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
 
 
 class SampleSizeWarning(UserWarning):
@@ -137,8 +165,10 @@ CHUNK_BYTES = 2**19
 """Rows are upcast and centered in float64 chunks of about this size (cache-resident)."""
 MIN_CHUNK_ROWS = 256
 """Chunks hold at least this many rows, so that each product stays efficient."""
-GRAM_BLOCK = 256
-"""Symmetric products are split into column blocks of about this width, upper ones only."""
+GRAM_BLOCK = 1024
+"""Symmetric products of wider inputs are split into column blocks of about this width, and
+only the blocks on and above the diagonal are multiplied (narrower blocks lose more to their
+lower efficiency on two threads than they save)."""
 OFFSET_LIMIT = 1.0
 """Float64 inputs whose column means are at most ``sqrt(OFFSET_LIMIT)`` standard deviations are
 multiplied uncentered, without a copy, and corrected by ``n m mᵀ``; their rounding error is then
@@ -204,7 +234,14 @@ def _uncentered_product(
 ) -> torch.Tensor:
     """``aᵀ b - n m_a m_bᵀ`` (float64 inputs, no copy); ``same`` when ``b`` is ``a``."""
     product = _symmetric_gram(a) if same else a.T @ b
-    return product.addr_(mean_a, mean_b, alpha=-a.shape[0])
+    return _subtract_outer(product, mean_a, mean_b, a.shape[0])
+
+
+@_one_thread
+def _subtract_outer(
+    product: torch.Tensor, mean_a: torch.Tensor, mean_b: torch.Tensor, count: int
+) -> torch.Tensor:
+    return product.addr_(mean_a, mean_b, alpha=-count)
 
 
 def _offsets_are_small(scatter: torch.Tensor, mean: torch.Tensor, count: int) -> bool:
@@ -241,6 +278,7 @@ class Spectrum:
     num_active_neurons: int
 
     @classmethod
+    @_one_thread
     def of(cls, scatter: torch.Tensor, rtol: float = DEFAULT_RTOL) -> Spectrum:
         """Decompose a symmetric positive semi-definite (d, d) scatter matrix."""
         eigenvalues, eigenvectors = torch.linalg.eigh(scatter)
@@ -286,6 +324,7 @@ CHOLESKY_MARGIN = 100.0
 """The Cholesky whitening is used when ``cond(C)`` is provably below ``1 / (margin * rtol)``."""
 
 
+@_one_thread
 def _cholesky_whitening(scatter: torch.Tensor, rtol: float) -> torch.Tensor | None:
     """``W = L⁻ᵀ`` from ``C = L Lᵀ`` when no direction of ``C`` falls below ``rtol``, else None.
 
@@ -627,6 +666,7 @@ class PairMoments:
         projections = result.x_weights.T @ self.scatter_xx
         return _weighted_mean(result.correlations, projections.abs().sum(dim=1))
 
+    @_one_thread
     def _pwcca_reference_code(self) -> float:
         """PWCCA as the released ``pwcca.compute_pwcca`` computes it, from moments.
 
@@ -674,6 +714,7 @@ def _svd_failed(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
     return wx.new_full((min(wx.shape[1], wy.shape[1]),), math.nan)
 
 
+@_one_thread
 def _solve_cca(wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor) -> CCAResult:
     kx, ky = wx.shape[1], wy.shape[1]
     try:
@@ -685,6 +726,7 @@ def _solve_cca(wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor) -> 
     return CCAResult(s.clamp(0, 1), wx @ u, wy @ vh.T, kx, ky)
 
 
+@_one_thread
 def _solve_correlations(
     wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor
 ) -> torch.Tensor:
