@@ -44,10 +44,13 @@ representations have all correlations equal to 1, so that raises; fewer than
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, ParamSpec, TypeVar
 
@@ -67,29 +70,67 @@ MIN_DATAPOINTS_PER_NEURON = 10
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_SERIAL_LOCK = threading.Lock()
+_serial_depth = 0
+_saved_threads = 1
+
+
+@contextlib.contextmanager
+def _serial() -> Iterator[None]:
+    """One intra-op CPU thread inside, the previous count restored after the outermost exit.
+
+    Work here is either small, or split by :func:`_sum_over_rows` into one task per core.
+    Torch's own threading cuts every operation into short parallel regions, which gain little
+    on (num_neurons, num_neurons) matrices and small chunks, and which stall for a scheduler
+    time slice at every barrier when other processes share the cores (an eigh of a 512 x 512
+    matrix took 0.03 s on one thread and 6 s on two on such a machine).
+    """
+    global _serial_depth, _saved_threads
+    with _SERIAL_LOCK:
+        if _serial_depth == 0:
+            _saved_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _serial_depth += 1
+    try:
+        yield
+    finally:
+        with _SERIAL_LOCK:
+            _serial_depth -= 1
+            if _serial_depth == 0:
+                torch.set_num_threads(_saved_threads)
 
 
 def _one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Run ``fn`` with one intra-op CPU thread, then restore the thread count.
-
-    Used for the decompositions of (num_neurons, num_neurons) matrices: they are sequences of
-    many short parallel regions, which a second thread speeds up little, and which stall for a
-    scheduler time slice at every barrier when other processes share the cores (an eigh of a
-    512 x 512 matrix took 0.03 s on one thread and 6 s on two on such a machine).
-    """
+    """Run ``fn`` inside :func:`_serial`."""
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        threads = torch.get_num_threads()
-        if threads == 1:
+        with _serial():
             return fn(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
 
     return wrapper
+
+
+MIN_ROWS_PER_TASK = 4096
+"""Row sums over fewer rows than this per core run in one task."""
+
+
+def _sum_over_rows(
+    total_rows: int, device: torch.device, work: Callable[[int, int], list[torch.Tensor]]
+) -> list[torch.Tensor]:
+    """``work(0, total_rows)``, computed on the CPU as one task per core over row ranges.
+
+    ``work(start, stop)`` returns tensors that add up over disjoint row ranges (sums,
+    products). Each task runs single-threaded, so the cores work without synchronising until
+    the partial results are added.
+    """
+    tasks = min(torch.get_num_threads(), total_rows // MIN_ROWS_PER_TASK)
+    if device.type != "cpu" or tasks < 2:
+        return work(0, total_rows)
+    edges = [round(k * total_rows / tasks) for k in range(tasks + 1)]
+    with _serial(), ThreadPoolExecutor(tasks) as pool:
+        partials = list(pool.map(work, edges[:-1], edges[1:]))
+    return [functools.reduce(torch.add, terms) for terms in zip(*partials, strict=True)]
 
 
 class SampleSizeWarning(UserWarning):
@@ -135,16 +176,21 @@ def _column_mean(a: torch.Tensor, name: str) -> torch.Tensor:
     if a.dtype == COMPUTE_DTYPE or a.device.type != "cpu" or not a.shape[0]:
         mean = a.mean(dim=0, dtype=COMPUTE_DTYPE)
     else:
-        rows = _chunk_rows(a.shape[0], a.shape[1])
-        buffer = a.new_empty((rows, a.shape[1]), dtype=COMPUTE_DTYPE)
-        total = a.new_zeros(a.shape[1], dtype=COMPUTE_DTYPE)
-        for start in range(0, a.shape[0], rows):
-            chunk = a[start : start + rows]
-            total += buffer[: chunk.shape[0]].copy_(chunk).sum(dim=0)
-        mean = total / a.shape[0]
+        mean = _sum_over_rows(a.shape[0], a.device, functools.partial(_upcast_sum, a))[0]
+        mean /= a.shape[0]
     if a.shape[0] and not bool(torch.isfinite(mean).all()):
         _raise_if_not_finite(a, name)
     return mean
+
+
+def _upcast_sum(a: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
+    rows = _chunk_rows(stop - start, a.shape[1])
+    buffer = a.new_empty((rows, a.shape[1]), dtype=COMPUTE_DTYPE)
+    total = a.new_zeros(a.shape[1], dtype=COMPUTE_DTYPE)
+    for begin in range(start, stop, rows):
+        chunk = a[begin : min(begin + rows, stop)]
+        total += buffer[: chunk.shape[0]].copy_(chunk).sum(dim=0)
+    return [total]
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -193,19 +239,31 @@ def _centered_products(
     buffers that stay in cache; elsewhere in one piece.
     """
     first = parts[0][0]
-    total_rows = first.shape[0]
-    rows = total_rows
+    return _sum_over_rows(
+        first.shape[0], first.device, functools.partial(_centered_rows, parts, pairs)
+    )
+
+
+def _centered_rows(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    pairs: Sequence[tuple[int, int]],
+    start: int,
+    stop: int,
+) -> list[torch.Tensor]:
+    """The products of :func:`_centered_products` over rows ``start:stop``."""
+    first = parts[0][0]
+    rows = stop - start
     if first.device.type == "cpu":
-        rows = _chunk_rows(total_rows, sum(a.shape[1] for a, _ in parts))
+        rows = _chunk_rows(rows, sum(a.shape[1] for a, _ in parts))
     buffers = [first.new_empty((rows, a.shape[1]), dtype=COMPUTE_DTYPE) for a, _ in parts]
     totals = [
         first.new_zeros((parts[i][0].shape[1], parts[j][0].shape[1]), dtype=COMPUTE_DTYPE)
         for i, j in pairs
     ]
-    for start in range(0, total_rows, rows):
-        size = min(rows, total_rows - start)
+    for begin in range(start, stop, rows):
+        size = min(rows, stop - begin)
         centered = [
-            torch.sub(a[start : start + size], mean, out=buffer[:size])
+            torch.sub(a[begin : begin + size], mean, out=buffer[:size])
             for (a, mean), buffer in zip(parts, buffers, strict=True)
         ]
         for total, (i, j) in zip(totals, pairs, strict=True):
@@ -229,19 +287,28 @@ def _symmetric_gram(a: torch.Tensor) -> torch.Tensor:
     return gram
 
 
-def _uncentered_product(
-    a: torch.Tensor, mean_a: torch.Tensor, b: torch.Tensor, mean_b: torch.Tensor, same: bool
-) -> torch.Tensor:
-    """``aᵀ b - n m_a m_bᵀ`` (float64 inputs, no copy); ``same`` when ``b`` is ``a``."""
-    product = _symmetric_gram(a) if same else a.T @ b
-    return _subtract_outer(product, mean_a, mean_b, a.shape[0])
+def _uncentered_products(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]], pairs: Sequence[tuple[int, int]]
+) -> list[torch.Tensor]:
+    """``a_iᵀ a_j - n m_i m_jᵀ`` for each pair, from float64 inputs as they are (no copy)."""
+    first = parts[0][0]
+    products = _sum_over_rows(
+        first.shape[0], first.device, functools.partial(_uncentered_rows, parts, pairs)
+    )
+    with _serial():
+        for product, (i, j) in zip(products, pairs, strict=True):
+            product.addr_(parts[i][1], parts[j][1], alpha=-first.shape[0])
+    return products
 
 
-@_one_thread
-def _subtract_outer(
-    product: torch.Tensor, mean_a: torch.Tensor, mean_b: torch.Tensor, count: int
-) -> torch.Tensor:
-    return product.addr_(mean_a, mean_b, alpha=-count)
+def _uncentered_rows(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    pairs: Sequence[tuple[int, int]],
+    start: int,
+    stop: int,
+) -> list[torch.Tensor]:
+    rows = [a[start:stop] for a, _ in parts]
+    return [_symmetric_gram(rows[i]) if i == j else rows[i].T @ rows[j] for i, j in pairs]
 
 
 def _offsets_are_small(scatter: torch.Tensor, mean: torch.Tensor, count: int) -> bool:
@@ -419,20 +486,16 @@ def _scatter_products(
     Each representation either appears as ``(i, i)`` in ``pairs`` or has its scatter already.
     Float64 inputs with small offsets are multiplied in place, the others centered in chunks.
     """
+    parts = [(r.activations, r.mean) for r in reps]
     if all(r.activations.dtype == COMPUTE_DTYPE and r._small_offsets is not False for r in reps):
-        totals = [
-            _uncentered_product(
-                reps[i].activations, reps[i].mean, reps[j].activations, reps[j].mean, i == j
-            )
-            for i, j in pairs
-        ]
+        totals = _uncentered_products(parts, pairs)
         scatters = {i: total for total, (i, j) in zip(totals, pairs, strict=True) if i == j}
         for index, rep in enumerate(reps):
             scatter = scatters[index] if index in scatters else rep._side.scatter
             rep._small_offsets = _offsets_are_small(scatter, rep.mean, rep.count)
         if all(r._small_offsets for r in reps):
             return totals
-    return _centered_products([(r.activations, r.mean) for r in reps], pairs)
+    return _centered_products(parts, pairs)
 
 
 @dataclass(frozen=True)

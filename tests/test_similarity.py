@@ -604,3 +604,28 @@ def test_cholesky_whitening_only_when_no_direction_is_dropped(seed):
     assert sim._cholesky_whitening(singular, sim.DEFAULT_RTOL) is None
     scales = torch.logspace(0, 3, 6, dtype=torch.float64)
     assert sim._cholesky_whitening(scatter * torch.outer(scales, scales), 1e-3) is None
+
+
+@pytest.mark.parametrize("offset", [0.0, 500.0], ids=["uncentered", "centered"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_products_split_over_cores(dtype, offset, monkeypatch, seed):
+    monkeypatch.setattr(sim, "MIN_ROWS_PER_TASK", 64)
+    monkeypatch.setattr(sim, "CHUNK_BYTES", 1024)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three row ranges, each in its own task
+    try:
+        x, y = _pair(1000, 6, 5, dtype, seed)
+        x = x + offset
+        ours = sim.canonical_correlations(x, y).numpy()
+        assert torch.get_num_threads() == 3, "the thread count is restored"
+    finally:
+        torch.set_num_threads(threads)
+    reference = ref_correlations(x.double().numpy(), y.double().numpy())
+    np.testing.assert_allclose(ours, reference, atol=REFERENCE_TOL)
+
+
+def test_thread_count_restored_after_an_error():
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match="non-finite"):
+        sim.mean_cca(torch.full((10000, 3), math.nan), torch.randn(10000, 3))
+    assert torch.get_num_threads() == threads
