@@ -1,7 +1,10 @@
 """Mean CCA of two 512-neuron layers on 10,000 datapoints: baseline, floor and ours.
 
-Targets: at least 2x faster than the baseline, at most 1.6x the floor (one float64 Gram
-product of the stacked inputs). Run: ``python benchmarks/bench_mean_cca.py``.
+Targets: at least 2x faster than the baseline, at most 1.6x the floor: one float64 Gram
+product of the stacked inputs, timed on a stacked array made beforehand (numpy then uses a
+symmetric rank-k update). The literal ``np.hstack([x, y]).T @ np.hstack([x, y])``, which stacks
+twice and multiplies two distinct arrays, is shown for comparison only.
+Run: ``python benchmarks/bench_mean_cca.py``.
 """
 
 import _baseline
@@ -21,11 +24,12 @@ def main() -> None:
         {
             "baseline (np.cov, pinv, eigh, svd)": lambda: _baseline.mean_cca(x, y),
             "floor (numpy Gram of [x y], float64)": lambda: _baseline.floor_gram(stacked),
+            "floor as written, stacking included": lambda: np.hstack([x, y]).T @ np.hstack([x, y]),
             "ours (similarity.mean_cca)": lambda: similarity.mean_cca(x, y),
         },
         REPEATS,
     )
-    baseline, floor, ours = timings.values()
+    baseline, floor, _, ours = timings.values()
     difference = abs(similarity.mean_cca(x, y) - _baseline.mean_cca(x, y))
     _common.print_report(
         f"mean CCA, N={N}, dx=dy={D}, float64 inputs",
