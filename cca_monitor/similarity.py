@@ -34,12 +34,22 @@ because the reduction and CKA depend on the variance of each direction. PWCCA is
 any invertible linear map of ``y``, but only to isotropic scaling, translation and permutations
 (or sign flips) of ``x``'s neurons, because its weights add up x's neurons one by one.
 
-Numerics: moments are accumulated in float64 with Chan's pairwise update, so large common offsets
-cost no precision. Whitening uses a symmetric eigendecomposition that drops directions whose
-variance is below ``rtol`` times the largest (dead and duplicate neurons) instead of adding an
-epsilon. CCA needs more datapoints than neurons: with ``num_datapoints <= num_neurons`` any two
-representations have all correlations equal to 1, so that raises; fewer than
-``MIN_DATAPOINTS_PER_NEURON`` datapoints per neuron warns.
+Numerics: moments are accumulated in float64 (minibatches merged with Chan's pairwise update),
+and inputs with large offsets are centered before they are multiplied, so such offsets cost no
+precision. Whitening drops directions whose variance is below ``rtol`` times the largest (dead
+and duplicate neurons) instead of adding an epsilon: a Cholesky factor is used when a bound on
+the condition number proves that nothing would be dropped, a symmetric eigendecomposition
+otherwise. Measures that need no weights take singular values only. CCA needs more datapoints
+than neurons: with ``num_datapoints <= num_neurons`` any two representations have all
+correlations equal to 1, so that raises; fewer than ``MIN_DATAPOINTS_PER_NEURON`` datapoints per
+neuron warns.
+
+Performance: a :class:`Representation` keeps one input's moments and whitening, so comparing it
+with many others (every snapshot with the final one) computes them once. Float64 inputs with
+small offsets are multiplied in place; other inputs are upcast and centered in cache-sized
+chunks, never copied whole. On the CPU, row sums run as one single-threaded task per core and
+the small decompositions on one thread, which keeps them fast when other processes share the
+cores.
 """
 
 from __future__ import annotations
