@@ -39,12 +39,15 @@ __all__ = [
     "log_records",
     "log_tensorboard_extras",
     "scalar_tag",
+    "summary_markdown",
     "tensorboard_loggers",
     "write_report",
     "write_tensorboard",
 ]
 
 log = logging.getLogger(__name__)
+
+SUMMARY_TEXT_TAG = "cca/convergence_summary"
 
 LAYOUT_CATEGORIES = {
     "final": "CCA distance to final",
@@ -217,8 +220,9 @@ def _write_extras(
     measures: Sequence[str],
     layers: Sequence[str],
     noise_floors: Mapping[str, float] | None,
+    summary_text: str | None,
 ) -> None:
-    """Write the custom-scalars layout and the figures of every measure, then flush."""
+    """Write the custom-scalars layout, the figures of every measure and the summary text."""
     layout = custom_scalars_layout(records, measures, layers)
     if layout:
         writer.add_custom_scalars(layout)
@@ -229,6 +233,8 @@ def _write_extras(
         heatmap = heatmap_figure(records, measure=measure, layers=layers)
         _add_figure(writer, f"cca/{measure}_to_final_curves", curves, last_step)
         _add_figure(writer, f"cca/{measure}_to_final_heatmap", heatmap, last_step)
+    if summary_text:
+        writer.add_text(SUMMARY_TEXT_TAG, summary_text, global_step=last_step)
     writer.flush()
 
 
@@ -239,6 +245,7 @@ def log_tensorboard_extras(
     layers: Sequence[str],
     *,
     noise_floors: Mapping[str, float] | None = None,
+    summary_text: str | None = None,
 ) -> None:
     """Add the chart layout and figures to every TensorBoard logger among ``loggers``.
 
@@ -253,6 +260,8 @@ def log_tensorboard_extras(
         measures: Measures to draw, e.g. ``["svcca", "pwcca"]``.
         layers: Monitored layers, bottom to top; sets the order of lines and rows.
         noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances.
+        summary_text: Markdown shown in TensorBoard's Text tab under ``cca/convergence_summary``
+            (see :func:`summary_markdown`).
 
     Raises:
         TypeError: If an argument is not a sequence.
@@ -264,7 +273,7 @@ def log_tensorboard_extras(
         return
     _check_extras_arguments(records, measures, layers)
     for logger in selected:
-        _write_extras(logger.experiment, records, measures, layers, noise_floors)
+        _write_extras(logger.experiment, records, measures, layers, noise_floors, summary_text)
 
 
 def write_tensorboard(
@@ -274,6 +283,7 @@ def write_tensorboard(
     layers: Sequence[str],
     *,
     noise_floors: Mapping[str, float] | None = None,
+    summary_text: str | None = None,
 ) -> None:
     """Write the scalars, layout and figures of ``records`` as TensorBoard events, no trainer.
 
@@ -287,6 +297,8 @@ def write_tensorboard(
         measures: Measures to draw, e.g. ``["svcca", "pwcca"]``.
         layers: Monitored layers, bottom to top.
         noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances.
+        summary_text: Markdown shown in TensorBoard's Text tab under ``cca/convergence_summary``
+            (see :func:`summary_markdown`).
 
     Raises:
         TypeError: If an argument is not a sequence.
@@ -299,7 +311,7 @@ def write_tensorboard(
         for step, values in _metrics_by_step(records):
             for tag, value in values.items():
                 writer.add_scalar(tag, value, global_step=step)
-        _write_extras(writer, records, measures, layers, noise_floors)
+        _write_extras(writer, records, measures, layers, noise_floors, summary_text)
     finally:
         writer.close()
     log.info("Wrote TensorBoard events for %d records to %s", len(records), log_dir)
@@ -331,12 +343,44 @@ def write_report(
     paths += save_figures(analysis.records, directory, analysis.measures, noise_floors=floors)
     to_final = [record for record in analysis.records if record.reference == "final"]
     arguments = (analysis.records, analysis.measures, analysis.layers)
+    extras = {"noise_floors": floors, "summary_text": summary_markdown(analysis.summary)}
     if loggers:
         log_records(loggers, to_final)
-        log_tensorboard_extras(loggers, *arguments, noise_floors=floors)
+        log_tensorboard_extras(loggers, *arguments, **extras)
     if tensorboard_dir is not None:
-        write_tensorboard(arguments[0], tensorboard_dir, *arguments[1:], noise_floors=floors)
+        write_tensorboard(arguments[0], tensorboard_dir, *arguments[1:], **extras)
     return paths
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """A markdown table of each layer's convergence step and noise floor, for TensorBoard.
+
+    Args:
+        summary: A run summary (:attr:`cca_monitor.convergence.RunAnalysis.summary`).
+
+    Example:
+        >>> print(summary_markdown({"measure": "svcca", "threshold": 0.1, "layers": ["fc"],
+        ...                         "convergence_step": {"fc": 40},
+        ...                         "noise_floor": {"svcca": {"fc": 0.91}}}))
+        | layer | first step within 0.1 svcca distance of final | svcca noise floor |
+        |---|---|---|
+        | fc | 40 | 0.910 |
+    """
+    measure, threshold = summary["measure"], summary["threshold"]
+    floors = summary.get("noise_floor", {}).get(measure, {})
+    lines = [
+        f"| layer | first step within {threshold} {measure} distance of final "
+        f"| {measure} noise floor |",
+        "|---|---|---|",
+    ]
+    for layer in summary["layers"]:
+        step = summary["convergence_step"].get(layer)
+        floor = floors.get(layer, math.nan)
+        lines.append(
+            f"| {layer} | {'never' if step is None else step} "
+            f"| {'n/a' if math.isnan(floor) else f'{floor:.3f}'} |"
+        )
+    return "\n".join(lines)
 
 
 def _lowest_noise_floors(floors: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

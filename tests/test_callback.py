@@ -57,6 +57,11 @@ def test_event_files_hold_the_convergence_curves(tmp_path):
     images = set(events.Tags()["images"])
     assert {"cca/svcca_to_final_curves", "cca/svcca_to_final_heatmap"} <= images
     assert "custom_scalars__config__" in events.Tags()["tensors"]
+    (text,) = events.Tensors("cca/convergence_summary/text_summary")
+    table = text.tensor_proto.string_val[0].decode()
+    assert "first step within 0.1 svcca distance of final" in table
+    for layer in LAYERS:
+        assert f"| {layer} | " in table
     assert "cca/snapshot_seconds" in scalar_tags
 
     for name in [

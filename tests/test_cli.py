@@ -67,3 +67,15 @@ def test_unknown_measure_is_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["report", ".", "--measures", "cosine"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_compare_two_demo_runs(demo_run, tmp_path, capsys):
+    out, first = demo_run
+    assert main(["demo", "--smoke", "--out", str(out), "--num-snapshots", "2", "--seed", "1"]) == 0
+    second = sorted(out.glob("mnist_cnn/version_*"))[-1]
+    assert second != first
+    result = tmp_path / "compare"
+    assert main(["compare", str(first), str(second), "--out", str(result)]) == 0
+    comparison = json.loads((result / "comparison.json").read_text())
+    assert comparison["layers"] == ["conv1", "conv2", "fc1", "fc2"]
+    assert (result / "dendrogram.png").is_file()
