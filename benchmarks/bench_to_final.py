@@ -16,7 +16,7 @@ import numpy as np
 from cca_monitor import similarity
 from cca_monitor.convergence import layer_distances
 
-N, D, SNAPSHOTS, ROUNDS, BASELINE_CALLS_PER_ROUND = 10_000, 512, 20, 3, 2
+N, D, SNAPSHOTS, ROUNDS, BASELINE_CALLS_PER_ROUND = 10_000, 512, 20, 4, 1
 
 
 def snapshots_towards(final: np.ndarray, count: int) -> list[np.ndarray]:
