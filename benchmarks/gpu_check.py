@@ -38,8 +38,10 @@ def check_against_cpu(device: torch.device) -> bool:
             cpu, gpu = fn(x, y), fn(x.to(device), y.to(device))
             good = abs(cpu - gpu) <= TOLERANCE
             ok &= good
-            print(f"{'ok ' if good else 'BAD'} {name:<11} {str(dtype):<14} cpu {cpu:.10f} "
-                  f"gpu {gpu:.10f}")
+            print(
+                f"{'ok ' if good else 'BAD'} {name:<11} {str(dtype):<14} cpu {cpu:.10f} "
+                f"gpu {gpu:.10f}"
+            )
         moments = PairMoments.from_data(x.to(device), y.to(device))
         on_device = moments.scatter_xy.device.type == device.type
         ok &= on_device
@@ -74,8 +76,10 @@ def main() -> int:
     ok = check_against_cpu(device)
     time_resnet18_to_final(device)  # warm-up: kernels and cuSOLVER handles
     seconds = time_resnet18_to_final(device)
-    print(f"ResNet-18 widths ({len(RESNET18_WIDTHS)} layers), {SNAPSHOTS} snapshots of {ROWS} "
-          f"rows, {'+'.join(MEASURES_TIMED)} to final: {seconds:.2f} s (target < 2 s)")
+    print(
+        f"ResNet-18 widths ({len(RESNET18_WIDTHS)} layers), {SNAPSHOTS} snapshots of {ROWS} "
+        f"rows, {'+'.join(MEASURES_TIMED)} to final: {seconds:.2f} s (target < 2 s)"
+    )
     return 0 if ok else 1
 
 

@@ -79,14 +79,17 @@ def _representation(activations: torch.Tensor | Representation, name: str) -> Re
 
 
 def snapshot_distances(
-    reference: Mapping[str, torch.Tensor],
-    snapshot: Mapping[str, torch.Tensor],
+    reference: Mapping[str, torch.Tensor | Representation],
+    snapshot: Mapping[str, torch.Tensor | Representation],
     measures: Sequence[Measure],
     *,
     step: int,
     kind: Reference,
 ) -> tuple[list[DistanceRecord], dict[str, list[str]]]:
     """Distances of every layer present in both snapshots, as records at ``step``.
+
+    Layers map to (num_datapoints, num_neurons) tensors or prepared
+    :class:`~cca_monitor.similarity.Representation` objects (see :func:`layer_distances`).
 
     Returns:
         The records, and ``{layer: problems}`` for layers with something to report.
