@@ -246,9 +246,7 @@ class MLP(Classifier):
         optimizer: Optimizer = "adam",
         lr_schedule: LRSchedule = "constant",
     ) -> None:
-        super().__init__(
-            learning_rate=learning_rate, optimizer=optimizer, lr_schedule=lr_schedule
-        )
+        super().__init__(learning_rate=learning_rate, optimizer=optimizer, lr_schedule=lr_schedule)
         widths = [in_features, *hidden]
         self.hidden_names = [f"fc{i + 1}" for i in range(len(hidden))]
         layers = zip(self.hidden_names, itertools.pairwise(widths), strict=True)

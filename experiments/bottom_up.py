@@ -1,4 +1,4 @@
-"""Bottom-up convergence of a CNN (Raghu et al. 2017, SVCCA, Fig. 4).
+"""Bottom-up convergence of a CNN (Raghu et al. 2017, SVCCA).
 
 A small convolutional network is trained on the bundled MNIST digits (or CIFAR-10) while
 :class:`cca_monitor.CCAMonitor` snapshots every layer on a fixed probe of held-out images. For

@@ -1,4 +1,4 @@
-"""Bottom-up convergence of a stacked LSTM (Morcos, Raghu & Bengio 2018, Sec. 4).
+"""Bottom-up convergence of a stacked LSTM (Morcos, Raghu & Bengio 2018).
 
 Each image is read as a sequence, one pixel row per time step (28 steps of 28 pixels for the
 MNIST digits, 32 steps of 3 x 32 values for CIFAR-10), by three stacked single-layer LSTMs

@@ -1,4 +1,4 @@
-"""Generalizing vs memorizing networks (Morcos, Raghu & Bengio 2018, Sec. 3.1, Fig. 2).
+"""Generalizing vs memorizing networks (Morcos, Raghu & Bengio 2018).
 
 Several MLPs are trained from different seeds on a small training subset with the true labels
 ("generalizing"), and as many on the same images with the labels shuffled by one fixed random

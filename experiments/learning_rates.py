@@ -1,11 +1,13 @@
-"""Different learning rates, distinct clusters of solutions (Morcos, Raghu & Bengio 2018, Fig. 5).
+"""Learning rates and distinct clusters of solutions (Morcos, Raghu & Bengio 2018).
 
 MLPs of one architecture are trained on the same digits with several learning rates, a few
 seeds each, to similar accuracy. Every layer's final representation is recorded on the same
 held-out probe images; :func:`cca_monitor.compare.compare_runs` gives the PWCCA distance of
 every pair of runs, and average-linkage clustering of the distances (averaged over layers) is
 cut into as many clusters as there are learning rates. The finding: the clusters are the
-learning-rate groups (adjusted Rand index near 1), although the accuracies are alike.
+learning-rate groups (adjusted Rand index near 1), although the accuracies are alike. The
+script also reports how many runs have their nearest neighbour (smallest mean distance) in
+their own learning-rate group, a weaker test that does not depend on where the tree is cut.
 
 Writes ``summary.json`` (``learning_rates``, ``accuracy`` per run, ``adjusted_rand_index``),
 ``learning_rates.png``, the comparison's heatmaps and dendrograms under ``comparison/`` and
@@ -79,6 +81,13 @@ def clustering_summary(
         "adjusted_rand_index": adjusted_rand_index(groups, labels),
         "adjusted_rand_index_per_layer": per_layer,
     }
+
+
+def nearest_neighbour_agreement(distances: np.ndarray, groups: Sequence[int]) -> float:
+    """Fraction of runs whose nearest other run (smallest distance) is in the same group."""
+    others = distances + np.diag(np.full(len(groups), np.inf))
+    nearest = others.argmin(axis=1)
+    return float(np.mean([groups[run] == groups[other] for run, other in enumerate(nearest)]))
 
 
 def group_means(distances: np.ndarray, groups: Sequence[int], num_groups: int) -> list[list[float]]:
@@ -181,6 +190,9 @@ def main() -> None:
         "run_learning_rates": [learning_rates[group] for group in groups],
         "accuracy": accuracy,
         **clustering_summary(comparison, groups, len(learning_rates)),
+        "nearest_neighbour_same_learning_rate": nearest_neighbour_agreement(
+            comparison.mean_distances, groups
+        ),
         "mean_accuracy_per_learning_rate": {
             f"{lr:g}": float(np.mean([a for a, g in zip(accuracy, groups, strict=True) if g == i]))
             for i, lr in enumerate(learning_rates)

@@ -1,4 +1,4 @@
-"""Wider networks converge to more similar solutions (Morcos, Raghu & Bengio 2018, Fig. 3).
+"""Wider networks converge to more similar solutions (Morcos, Raghu & Bengio 2018).
 
 For each width, several MLPs with that many units in every hidden layer are trained from
 different seeds on the same digits. Every layer's final representation is recorded on the same
@@ -78,8 +78,7 @@ def width_distances(comparison: RunComparison) -> dict[str, Any]:
     """Mean pairwise distance per layer, and over layers, of the runs of one width."""
     runs = list(range(len(comparison.runs)))
     per_layer = {
-        layer: mean_pairwise(comparison.distances[layer], runs, runs)
-        for layer in comparison.layers
+        layer: mean_pairwise(comparison.distances[layer], runs, runs) for layer in comparison.layers
     }
     return {"per_layer": per_layer, "mean": float(np.mean(list(per_layer.values())))}
 

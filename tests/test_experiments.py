@@ -8,12 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
-from _common import adjusted_rand_index, mean_pairwise, ranks, spearman  # noqa: E402
+from _common import (  # noqa: E402
+    adjusted_rand_index,
+    load_split,
+    mean_pairwise,
+    permuted_labels,
+    ranks,
+    spearman,
+)
+from learning_rates import nearest_neighbour_agreement  # noqa: E402
 
 TOLERANCE = 1e-12
 SMOKE_TIMEOUT_SECONDS = 120
@@ -92,6 +101,58 @@ def test_mean_pairwise_rejects_a_single_run():
         mean_pairwise(np.zeros((2, 2)), [0], [0])
 
 
+NEAREST = {
+    "separated": (
+        [[0, 0.1, 0.9, 0.9], [0.1, 0, 0.9, 0.9], [0.9, 0.9, 0, 0.2], [0.9, 0.9, 0.2, 0]],
+        1.0,
+    ),
+    "crossed": (
+        [[0, 0.9, 0.1, 0.9], [0.9, 0, 0.9, 0.1], [0.1, 0.9, 0, 0.9], [0.9, 0.1, 0.9, 0]],
+        0.0,
+    ),
+}
+
+
+@pytest.mark.parametrize(("distances", "expected"), NEAREST.values(), ids=NEAREST.keys())
+def test_nearest_neighbour_agreement(distances, expected):
+    assert nearest_neighbour_agreement(np.array(distances), [0, 0, 1, 1]) == expected
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def test_load_split_is_disjoint_and_seeded():
+    split = load_split("mnist_digits", num_train=300, num_probe=200, seed=3)
+    again = load_split("mnist_digits", num_train=300, num_probe=200, seed=3)
+    assert split.train_images.shape == (300, 1, 28, 28)
+    assert split.image_shape == (1, 28, 28)
+    assert torch.equal(split.probe_images, again.probe_images)
+    train = {tuple(row.tolist()) for row in split.train_images.flatten(1)[:, ::7]}
+    probe = {tuple(row.tolist()) for row in split.probe_images.flatten(1)[:, ::7]}
+    assert not train & probe
+
+
+@pytest.mark.parametrize(
+    ("dataset", "sizes", "message"),
+    [
+        ("mnist_digits", (4000, 2000), "exceeds the 5000 bundled digits"),
+        ("svhn", (10, 10), "dataset must be one of"),
+    ],
+    ids=["too many digits", "unknown dataset"],
+)
+def test_load_split_rejects(dataset, sizes, message):
+    with pytest.raises(ValueError, match=message):
+        load_split(dataset, num_train=sizes[0], num_probe=sizes[1])
+
+
+def test_permuted_labels_keep_the_label_counts():
+    labels = torch.arange(100) % 10
+    shuffled = permuted_labels(labels, seed=1)
+    assert torch.equal(torch.bincount(shuffled), torch.bincount(labels))
+    assert not torch.equal(shuffled, labels)
+    assert torch.equal(shuffled, permuted_labels(labels, seed=1))
+
+
 # -- scripts in smoke mode ----------------------------------------------------------------
 
 
@@ -141,6 +202,7 @@ def _check_learning_rates(summary):
     assert len(summary["accuracy"]) == len(summary["runs"]) == len(summary["cluster_labels"])
     assert all(0.0 <= value <= 1.0 for value in summary["accuracy"])
     assert -1.0 <= summary["adjusted_rand_index"] <= 1.0
+    assert 0.0 <= summary["nearest_neighbour_same_learning_rate"] <= 1.0
 
 
 SCRIPTS = {
