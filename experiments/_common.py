@@ -157,6 +157,19 @@ def load_split(
     raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
 
 
+def load_settings_split(args: argparse.Namespace, settings: Mapping[str, Any]) -> Split:
+    """The split for the command line's dataset with the script's ``NUM_TRAIN``, ``NUM_PROBE``
+    and ``SEED``."""
+    return load_split(
+        args.dataset,
+        num_train=settings["NUM_TRAIN"],
+        num_probe=settings["NUM_PROBE"],
+        data_root=args.data_root,
+        download=args.download,
+        seed=settings["SEED"],
+    )
+
+
 def _first_examples(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     examples = [dataset[index] for index in range(min(count, len(dataset)))]
     images = torch.stack([image for image, _ in examples])
@@ -573,14 +586,7 @@ def bottom_up_experiment(
     Returns:
         The summary written to ``summary.json``; ``bottom_up.png`` is written beside it.
     """
-    split = load_split(
-        args.dataset,
-        num_train=settings["NUM_TRAIN"],
-        num_probe=settings["NUM_PROBE"],
-        data_root=args.data_root,
-        download=args.download,
-        seed=settings["SEED"],
-    )
+    split = load_settings_split(args, settings)
     layers = build(split.image_shape).layer_names
     measures = list(settings["MEASURES"])
     monitor = CCAMonitor(

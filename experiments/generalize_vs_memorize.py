@@ -30,7 +30,7 @@ from _common import (
     Run,
     Split,
     final_snapshot_monitor,
-    load_split,
+    load_settings_split,
     mean_pairwise,
     new_figure,
     parse_args,
@@ -133,14 +133,7 @@ def main() -> None:
     setup_run(args)
     settings = scaled(DEFAULTS, SMOKE, args.smoke)
     hidden = SMOKE_HIDDEN if args.smoke else HIDDEN
-    split = load_split(
-        args.dataset,
-        num_train=settings["NUM_TRAIN"],
-        num_probe=settings["NUM_PROBE"],
-        data_root=args.data_root,
-        download=args.download,
-        seed=settings["SEED"],
-    )
+    split = load_settings_split(args, settings)
     random_labels = permuted_labels(split.train_labels, settings["LABEL_SEED"])
     count = settings["NUM_NETWORKS"]
     generalizing = train_group(

@@ -28,7 +28,8 @@ from _common import (
     MLP,
     adjusted_rand_index,
     final_snapshot_monitor,
-    load_split,
+    load_settings_split,
+    mean_pairwise,
     new_figure,
     parse_args,
     save_figure,
@@ -93,13 +94,7 @@ def nearest_neighbour_agreement(distances: np.ndarray, groups: Sequence[int]) ->
 def group_means(distances: np.ndarray, groups: Sequence[int], num_groups: int) -> list[list[float]]:
     """(G, G) mean distance between runs of group g and runs of group h (distinct runs)."""
     members = [[i for i, g in enumerate(groups) if g == group] for group in range(num_groups)]
-    return [
-        [
-            float(np.mean([distances[i, j] for i in first for j in second if i != j]))
-            for second in members
-        ]
-        for first in members
-    ]
+    return [[mean_pairwise(distances, first, second) for second in members] for first in members]
 
 
 def learning_rate_figure(
@@ -144,14 +139,7 @@ def main() -> None:
     setup_run(args)
     settings = scaled(DEFAULTS, SMOKE, args.smoke)
     hidden = SMOKE_HIDDEN if args.smoke else HIDDEN
-    split = load_split(
-        args.dataset,
-        num_train=settings["NUM_TRAIN"],
-        num_probe=settings["NUM_PROBE"],
-        data_root=args.data_root,
-        download=args.download,
-        seed=settings["SEED"],
-    )
+    split = load_settings_split(args, settings)
     in_features = math.prod(split.image_shape)
     layers = MLP(in_features, hidden).layer_names
     learning_rates = list(settings["LEARNING_RATES"])

@@ -31,7 +31,7 @@ import numpy as np
 from _common import (
     MLP,
     final_snapshot_monitor,
-    load_split,
+    load_settings_split,
     mean_pairwise,
     new_figure,
     parse_args,
@@ -144,14 +144,7 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], "runs/width")
     setup_run(args)
     settings = scaled(DEFAULTS, SMOKE, args.smoke)
-    split = load_split(
-        args.dataset,
-        num_train=settings["NUM_TRAIN"],
-        num_probe=settings["NUM_PROBE"],
-        data_root=args.data_root,
-        download=args.download,
-        seed=settings["SEED"],
-    )
+    split = load_settings_split(args, settings)
     in_features = math.prod(split.image_shape)
     per_width: dict[str, dict[str, Any]] = {}
     seconds = 0.0
