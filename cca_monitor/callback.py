@@ -198,6 +198,12 @@ class MonitorLogic:
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._continue_resumed_series(trainer)
+        if not self._captured and self.store.steps():
+            raise ValueError(
+                f"{self.store.directory} already holds snapshots of another run (steps "
+                f"{self.store.steps()[:5]}...); they would mix with this run's. Pass a new "
+                "dirpath (or logger version), or resume that run with trainer.fit(ckpt_path=...)"
+            )
         self._probe = self._resolve_probe(trainer)
         fingerprint = probe_fingerprint(self._probe)
         if self._resumed_fingerprint is not None and self._resumed_fingerprint != fingerprint:
@@ -320,6 +326,9 @@ class MonitorLogic:
 
     def _write(self, step: int, activations: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Store a snapshot; a failed write is reported and training goes on."""
+        if not activations:
+            rank_zero_warn(f"CCAMonitor: no layer could be recorded at step {step}; no snapshot")
+            return {}
         try:
             path = self.store.write(step, activations)
         except OSError as error:

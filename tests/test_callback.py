@@ -420,3 +420,25 @@ def test_large_probe_runs_in_minibatches(tmp_path):
     assert eval_batches == [100] * 28  # 14 minibatches at each of the 2 snapshots
     assert monitor.store.read(0)["conv"].shape == (1400 * 36, 4)
     assert all(math.isfinite(r.distance) for r in monitor.results)
+
+
+def test_a_run_whose_every_layer_diverges_keeps_training(tmp_path):
+    monitor = CCAMonitor(layers=["fc1"], every_n_train_steps=4)
+    trainer = tiny_trainer(tmp_path, callbacks=[monitor], limit_val_batches=0)
+    model = TinyConvNet()
+
+    def diverge_after_step_8(module, args, output):
+        if trainer.global_step >= 8 and not module.training:
+            output.fill_(math.inf)
+
+    model.fc1.register_forward_hook(diverge_after_step_8)
+    with pytest.warns(UserWarning, match="no layer could be recorded at step 8"):
+        trainer.fit(model, tiny_loaders()[0])
+    assert trainer.global_step == 16
+    assert monitor.store.steps() == [0, 4]
+
+
+def test_a_folder_with_another_runs_snapshots_is_refused(tmp_path):
+    _fit(tmp_path, CCAMonitor(num_snapshots=2, dirpath=tmp_path / "run"), max_epochs=1)
+    with pytest.raises(ValueError, match="already holds snapshots of another run"):
+        _fit(tmp_path, CCAMonitor(num_snapshots=2, dirpath=tmp_path / "run"), max_epochs=1)
