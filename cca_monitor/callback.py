@@ -246,6 +246,9 @@ class MonitorLogic:
                 probe = _first_inputs(source, self.probe_size)
         if probe.dim() == 0 or probe.shape[0] < 2:
             raise ValueError(f"the probe needs at least 2 examples, got shape {tuple(probe.shape)}")
+        if probe.is_floating_point() and not bool(torch.isfinite(probe).all()):
+            bad = int((~torch.isfinite(probe)).sum())
+            raise ValueError(f"the probe holds {bad} NaN or infinite values; pass finite inputs")
         return probe.detach().cpu()
 
     # -- snapshots ---------------------------------------------------------------------------

@@ -178,6 +178,8 @@ class ActivationRecorder:
     * a tuple or list output: element ``output_index`` (0 by default, which for ``nn.LSTM``,
       ``nn.GRU`` and ``nn.RNN`` is the output sequence);
     * a dict output: the value under key ``output_index``;
+    * ``nn.Linear`` applied to ``(N, ..., features)`` inputs (tokens, positions): every
+      leading position of every example is a datapoint and the features are the neurons;
     * recurrent modules (``nn.RNNBase``): only the output sequence (``output_index=0``) is
       supported. It is put batch first, ``(N, T, H)``, if the module is not ``batch_first``,
       and every time step of every example becomes a datapoint, ``(N * T, H)``. An unbatched
@@ -337,6 +339,10 @@ class ActivationRecorder:
         kind: LayoutKind = "auto"
         if isinstance(module, nn.RNNBase):
             selected = _batch_first_sequence(module, selected, self._output_index)
+            kind = "sequence"
+        elif isinstance(module, nn.Linear) and selected.dim() > 2:
+            # (N, ..., features): every token or position is a datapoint, features are neurons
+            selected = selected.reshape(selected.shape[0], -1, selected.shape[-1])
             kind = "sequence"
         matrix = to_datapoints(selected.detach(), kind=kind, conv_mode=self._conv_mode)
         matrix = self._cap_rows(selected.shape[0], matrix)

@@ -442,3 +442,10 @@ def test_a_folder_with_another_runs_snapshots_is_refused(tmp_path):
     _fit(tmp_path, CCAMonitor(num_snapshots=2, dirpath=tmp_path / "run"), max_epochs=1)
     with pytest.raises(ValueError, match="already holds snapshots of another run"):
         _fit(tmp_path, CCAMonitor(num_snapshots=2, dirpath=tmp_path / "run"), max_epochs=1)
+
+
+def test_a_probe_with_nan_is_refused_at_the_start(tmp_path):
+    probe = tiny_dataset(100, 3).tensors[0]
+    probe[5, 0, 1, 1] = math.nan
+    with pytest.raises(ValueError, match="probe holds 1 NaN or infinite values"):
+        _fit(tmp_path, CCAMonitor(probe, num_snapshots=2), max_epochs=1)

@@ -747,3 +747,12 @@ def test_python_and_numpy_random_streams_are_restored():
         random.Random(1).random(),
         np.random.RandomState(1).rand(),
     )
+
+
+def test_linear_on_tokens_uses_features_as_neurons():
+    """A Linear on (N, T, H) inputs: N*T datapoints of out_features neurons, not T neurons."""
+    model = nn.Sequential(nn.Linear(16, 8))
+    tokens = torch.randn(30, 7, 16)
+    captured = capture_activations(model, tokens)
+    assert captured["0"].shape == (30 * 7, 8)
+    torch.testing.assert_close(captured["0"], model(tokens).detach().reshape(-1, 8))
