@@ -143,6 +143,20 @@ def _sum_over_rows(
     return [functools.reduce(torch.add, terms) for terms in zip(*partials, strict=True)]
 
 
+def _nan_on_linalg_error(fn: Callable[_P, float]) -> Callable[_P, float]:
+    """Return NaN with a warning, never a ``LinAlgError``, when a decomposition fails."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> float:
+        try:
+            return fn(*args, **kwargs)
+        except torch.linalg.LinAlgError as error:
+            warnings.warn(f"{fn.__name__}: {error}; returning NaN", RuntimeWarning, stacklevel=2)
+            return math.nan
+
+    return wrapper
+
+
 class SampleSizeWarning(UserWarning):
     """Too few datapoints per neuron for unbiased canonical correlations."""
 
@@ -720,14 +734,17 @@ class PairMoments:
         """(m,) canonical correlations, descending, m = min(rank x, rank y)."""
         return self._correlations()
 
+    @_nan_on_linalg_error
     def mean_cca(self) -> float:
         """Mean of all canonical correlations."""
         return _mean(self._correlations())
 
+    @_nan_on_linalg_error
     def svcca(self, *, keep: float | int = 0.99, cutoff: SvccaCutoff = "variance") -> float:
         """SVCCA similarity (see the module docstring for ``keep`` and ``cutoff``)."""
         return _mean(self._correlations(keep, keep, cutoff))
 
+    @_nan_on_linalg_error
     def pwcca(self, *, reference_code: bool = False) -> float:
         """PWCCA similarity with weights from x (paper definition) or as the reference code."""
         if reference_code:
@@ -766,6 +783,7 @@ class PairMoments:
         weights = projections.abs().sum(dim=1)[: s.numel()]
         return _weighted_mean(s.clamp(0, 1), weights)
 
+    @_nan_on_linalg_error
     def linear_cka(self) -> float:
         """Linear CKA similarity."""
         self._require_data()

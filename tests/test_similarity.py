@@ -629,3 +629,15 @@ def test_thread_count_restored_after_an_error():
     with pytest.raises(ValueError, match="non-finite"):
         sim.mean_cca(torch.full((10000, 3), math.nan), torch.randn(10000, 3))
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("measure", sorted(sim.MEASURES), ids=sorted(sim.MEASURES))
+def test_no_linalg_error_escapes(measure, monkeypatch):
+    def fail(*args, **kwargs):
+        raise torch.linalg.LinAlgError("did not converge")
+
+    for name in ["eigh", "svd", "svdvals", "cholesky_ex", "matrix_norm"]:
+        monkeypatch.setattr(torch.linalg, name, fail)
+    x, y = _pair(300, 5, 4, torch.float64, 0)
+    with pytest.warns(RuntimeWarning, match="returning NaN"):
+        assert math.isnan(sim.MEASURES[measure](x, y))
