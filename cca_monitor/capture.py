@@ -31,6 +31,7 @@ from cca_monitor.layout import (
     ConvMode,
     LayoutKind,
     check_layout_arguments,
+    datapoints_per_example,
     kept_rows_in_range,
     to_datapoints,
 )
@@ -344,8 +345,10 @@ class ActivationRecorder:
             # (N, ..., features): every token or position is a datapoint, features are neurons
             selected = selected.reshape(selected.shape[0], -1, selected.shape[-1])
             kind = "sequence"
-        matrix = to_datapoints(selected.detach(), kind=kind, conv_mode=self._conv_mode)
-        matrix = self._cap_rows(selected.shape[0], matrix)
+        selected = selected.detach()
+        per_example = datapoints_per_example(selected, kind=kind, conv_mode=self._conv_mode)
+        rows = self._kept_rows(selected.shape[0], per_example)
+        matrix = to_datapoints(selected, kind=kind, conv_mode=self._conv_mode, rows=rows)
         dtype = torch.float32 if matrix.dtype in _HALF_DTYPES else matrix.dtype
         return matrix.to(device="cpu", dtype=dtype, copy=True)
 
@@ -359,10 +362,9 @@ class ActivationRecorder:
             raise ValueError(f"probe window start must be in [0, {total}), got {start}")
         self._window = (start, total)
 
-    def _cap_rows(self, examples: int, matrix: torch.Tensor) -> torch.Tensor:
-        """Keep the capped rows of one forward call's ``(rows, neurons)`` matrix."""
+    def _kept_rows(self, examples: int, per_example: int) -> torch.Tensor | None:
+        """Rows of one forward call's matrix that the row cap keeps; None when it keeps all."""
         start, total = self._window or (0, examples)
-        per_example = matrix.shape[0] // examples
         keep = kept_rows_in_range(
             total * per_example,
             self._max_rows,
@@ -370,9 +372,7 @@ class ActivationRecorder:
             start * per_example,
             (start + examples) * per_example,
         )
-        if keep.numel() == matrix.shape[0]:
-            return matrix
-        return matrix.index_select(0, keep.to(matrix.device))
+        return None if keep.numel() == examples * per_example else keep
 
     def _append(self, name: str, matrix: torch.Tensor) -> None:
         """Add rows to layer ``name``, checking that the number of neurons did not change."""

@@ -53,6 +53,7 @@ __all__ = [
     "MeasureFn",
     "check_layout_arguments",
     "conv_similarity",
+    "datapoints_per_example",
     "dft_frequency_blocks",
     "match_spatial",
     "per_frequency",
@@ -128,6 +129,7 @@ def to_datapoints(
     conv_mode: ConvMode = "positions",
     max_rows: int | None = None,
     seed: int = 0,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reshape one layer's activation into a ``(num_datapoints, num_neurons)`` matrix.
 
@@ -148,6 +150,9 @@ def to_datapoints(
             rows, so successive snapshots of a layer share their datapoints. The global random
             number generator is never used.
         seed: Seed of the row subsampling.
+        rows: Instead of ``max_rows``, the indices of the rows to keep, in the order wanted
+            (int64, on any device). In ``"positions"`` mode only those rows are gathered, so a
+            large convolution output is never copied whole.
 
     Returns:
         A contiguous ``(num_datapoints, num_neurons)`` tensor with the input's dtype and device.
@@ -156,8 +161,8 @@ def to_datapoints(
 
     Raises:
         TypeError: If ``activation`` is not a tensor, or ``max_rows`` or ``seed`` is not an int.
-        ValueError: If the rank does not fit ``kind``, or ``kind``, ``conv_mode`` or
-            ``max_rows`` has an invalid value.
+        ValueError: If the rank does not fit ``kind``, ``kind``, ``conv_mode`` or
+            ``max_rows`` has an invalid value, or both ``max_rows`` and ``rows`` are given.
 
     Examples:
         >>> x = torch.zeros(8, 16, 5, 5)
@@ -172,10 +177,43 @@ def to_datapoints(
     """
     _check_tensor(activation, "activation")
     check_layout_arguments(kind=kind, conv_mode=conv_mode, max_rows=max_rows, seed=seed)
+    if max_rows is not None and rows is not None:
+        raise ValueError("give either max_rows or rows, not both")
+    if max_rows is not None:
+        num_rows = activation.shape[0] * datapoints_per_example(
+            activation, kind=kind, conv_mode=conv_mode
+        )
+        if num_rows > max_rows:
+            rows = _row_subset(num_rows, max_rows, seed, activation.device)
+    if rows is not None and kind != "sequence" and activation.dim() in _CONV_RANKS:
+        if conv_mode == "positions":
+            return _positions_at(activation, rows.to(activation.device))
     matrix = _reshape(activation, kind=kind, conv_mode=conv_mode)
-    if max_rows is not None and matrix.shape[0] > max_rows:
-        matrix = matrix.index_select(0, _row_subset(matrix.shape[0], max_rows, seed, matrix.device))
+    if rows is not None:
+        matrix = matrix.index_select(0, rows.to(matrix.device))
     return matrix.contiguous()
+
+
+def datapoints_per_example(
+    activation: torch.Tensor, *, kind: LayoutKind = "auto", conv_mode: ConvMode = "positions"
+) -> int:
+    """How many rows :func:`to_datapoints` makes of each example of ``activation``.
+
+    ``T`` for a sequence ``(N, T, H)``, ``prod(spatial)`` for a convolution output in
+    ``"positions"`` mode, 1 otherwise.
+
+    Examples:
+        >>> datapoints_per_example(torch.zeros(8, 16, 5, 5))
+        25
+        >>> datapoints_per_example(torch.zeros(8, 16, 5, 5), conv_mode="avgpool")
+        1
+    """
+    if kind == "sequence":
+        _check_sequence(activation)
+        return activation.shape[1]
+    if activation.dim() in _CONV_RANKS and conv_mode == "positions":
+        return activation.shape[2:].numel()
+    return 1
 
 
 def check_layout_arguments(
@@ -512,6 +550,13 @@ def _conv_to_datapoints(activation: torch.Tensor, conv_mode: ConvMode) -> torch.
 def _positions(activation: torch.Tensor) -> torch.Tensor:
     """``(N, C, *spatial) -> (N * prod(spatial), C)``, example-major; see :data:`ConvMode`."""
     return activation.movedim(1, -1).reshape(-1, activation.shape[1]).contiguous()
+
+
+def _positions_at(activation: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of :func:`_positions` of ``activation``, gathered without the others."""
+    flat = activation.flatten(2)  # (N, C, P); a view of a contiguous activation
+    positions = flat.shape[2]
+    return flat[rows // positions, :, rows % positions].contiguous()
 
 
 def _resized(activation: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:

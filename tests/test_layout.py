@@ -15,6 +15,7 @@ from cca_monitor.layout import (
     DEFAULT_MAX_ROWS,
     check_layout_arguments,
     conv_similarity,
+    datapoints_per_example,
     dft_frequency_blocks,
     match_spatial,
     per_frequency,
@@ -178,6 +179,34 @@ def test_row_cap_applies_to_sequences_and_pooled():
     assert to_datapoints(torch.randn(10, 20, 4), kind="sequence", max_rows=30).shape == (30, 4)
     pooled = to_datapoints(torch.randn(40, 3, 2, 2), conv_mode="avgpool", max_rows=30)
     assert pooled.shape == (30, 3)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kind", "conv_mode"),
+    [
+        ((4, 3, 5), "auto", "positions"),
+        ((4, 3, 5, 6), "auto", "positions"),
+        ((3, 2, 3, 4, 2), "conv", "positions"),
+        ((4, 3, 5, 6), "auto", "avgpool"),
+        ((4, 3, 5, 6), "auto", "flatten"),
+        ((4, 7, 3), "sequence", "positions"),
+        ((9, 3), "auto", "positions"),
+    ],
+    ids=["conv1d", "conv2d", "conv3d", "avgpool", "flatten", "sequence", "dense"],
+)
+def test_rows_selects_those_rows_of_the_whole_layout(shape, kind, conv_mode):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))
+    full = to_datapoints(x, kind=kind, conv_mode=conv_mode)
+    assert full.shape[0] == shape[0] * datapoints_per_example(x, kind=kind, conv_mode=conv_mode)
+    rows = torch.randperm(full.shape[0], generator=torch.Generator().manual_seed(1))[:5]
+    chosen = to_datapoints(x, kind=kind, conv_mode=conv_mode, rows=rows)
+    torch.testing.assert_close(chosen, full[rows], rtol=0, atol=0)
+    assert chosen.is_contiguous()
+
+
+def test_rows_and_max_rows_are_exclusive():
+    with pytest.raises(ValueError, match="either max_rows or rows"):
+        to_datapoints(torch.randn(4, 3), max_rows=2, rows=torch.tensor([0, 1]))
 
 
 def test_default_max_rows_value():
