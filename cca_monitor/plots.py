@@ -19,13 +19,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
+import matplotlib.image
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cca_monitor.records import DistanceRecord
 
-__all__ = ["convergence_figure", "figure_to_image", "heatmap_figure", "save_figures"]
+__all__ = [
+    "convergence_figure",
+    "figure_to_image",
+    "final_figure_images",
+    "heatmap_figure",
+    "save_figures",
+    "save_images",
+]
 
 log = logging.getLogger(__name__)
 
@@ -231,27 +239,28 @@ def figure_to_image(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_figures(
+def final_figure_images(
     records: Sequence[DistanceRecord],
-    directory: str | os.PathLike[str],
     measures: Sequence[str],
     *,
+    layers: Sequence[str] | None = None,
     noise_floors: Mapping[str, float] | None = None,
-) -> list[Path]:
-    """Write the convergence curves and the heatmap of distances to the final representation.
+) -> dict[str, np.ndarray]:
+    """Render the curves and the heatmap of the distances to final of each measure, once.
 
-    For each measure, writes ``cca_<measure>_to_final.png`` and ``cca_<measure>_heatmap.png``
-    into ``directory`` (created if missing).
+    The same images serve the PNG files (:func:`save_images`) and TensorBoard, so each figure
+    is drawn once.
 
     Args:
         records: Distance records holding ``reference="final"`` rows for every measure.
-        directory: Destination folder.
-        measures: Measures to plot, e.g. ``["svcca", "pwcca"]``.
+        measures: Measures to draw, e.g. ``["svcca", "pwcca"]``.
+        layers: Layers to draw, bottom to top; see :func:`convergence_figure`.
         noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances on the
             curves (see :func:`convergence_figure`).
 
     Returns:
-        The written paths, two per measure, in the order of ``measures``.
+        ``{"<measure>_to_final": curves, "<measure>_heatmap": heatmap}`` as RGB arrays of
+        shape (height, width, 3), dtype uint8, in the order of ``measures``.
 
     Raises:
         ValueError: If ``measures`` is empty or a measure has no records.
@@ -260,20 +269,52 @@ def save_figures(
         raise ValueError(
             f"`measures` must be a non-empty sequence of measure names, got {measures!r}."
         )
+    images = {}
+    for measure in measures:
+        floor = (noise_floors or {}).get(measure)
+        curves = convergence_figure(records, measure=measure, noise_floor=floor, layers=layers)
+        images[f"{measure}_to_final"] = figure_to_image(curves)
+        heatmap = heatmap_figure(records, measure=measure, layers=layers)
+        images[f"{measure}_heatmap"] = figure_to_image(heatmap)
+    return images
+
+
+def save_images(images: Mapping[str, np.ndarray], directory: str | os.PathLike[str]) -> list[Path]:
+    """Write each ``{name: RGB array}`` image as ``cca_<name>.png`` in ``directory`` (created).
+
+    Returns:
+        The written paths, in the order of ``images``.
+    """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for measure in measures:
-        floor = (noise_floors or {}).get(measure)
-        figures = {
-            f"cca_{measure}_to_final.png": convergence_figure(
-                records, measure=measure, noise_floor=floor
-            ),
-            f"cca_{measure}_heatmap.png": heatmap_figure(records, measure=measure),
-        }
-        for name, figure in figures.items():
-            path = folder / name
-            figure.savefig(path)
-            paths.append(path)
+    for name, image in images.items():
+        path = folder / f"cca_{name}.png"
+        mpl.image.imsave(path, image)
+        paths.append(path)
     log.info("Wrote %d figures to %s", len(paths), folder)
     return paths
+
+
+def save_figures(
+    records: Sequence[DistanceRecord],
+    directory: str | os.PathLike[str],
+    measures: Sequence[str],
+    *,
+    layers: Sequence[str] | None = None,
+    noise_floors: Mapping[str, float] | None = None,
+) -> list[Path]:
+    """Write the convergence curves and the heatmap of distances to the final representation.
+
+    For each measure, writes ``cca_<measure>_to_final.png`` and ``cca_<measure>_heatmap.png``
+    into ``directory`` (created if missing): :func:`final_figure_images`, then
+    :func:`save_images`.
+
+    Returns:
+        The written paths, two per measure, in the order of ``measures``.
+
+    Raises:
+        ValueError: If ``measures`` is empty or a measure has no records.
+    """
+    images = final_figure_images(records, measures, layers=layers, noise_floors=noise_floors)
+    return save_images(images, directory)

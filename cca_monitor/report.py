@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from cca_monitor.plots import convergence_figure, figure_to_image, heatmap_figure, save_figures
+from cca_monitor.plots import final_figure_images, save_images
 from cca_monitor.records import DistanceRecord
 from cca_monitor.storage import write_results
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from matplotlib.figure import Figure
+    import numpy as np
     from pytorch_lightning.loggers import Logger
 
     from cca_monitor.convergence import RunAnalysis
@@ -182,10 +182,6 @@ def custom_scalars_layout(
     return layout
 
 
-def _add_figure(writer: SummaryWriter, tag: str, figure: Figure, step: int) -> None:
-    writer.add_image(tag, figure_to_image(figure), global_step=step, dataformats="HWC")
-
-
 def _check_extras_arguments(
     records: Sequence[DistanceRecord], measures: Sequence[str], layers: Sequence[str]
 ) -> None:
@@ -219,7 +215,7 @@ def _write_extras(
     records: Sequence[DistanceRecord],
     measures: Sequence[str],
     layers: Sequence[str],
-    noise_floors: Mapping[str, float] | None,
+    images: Mapping[str, np.ndarray],
     summary_text: str | None,
 ) -> None:
     """Write the custom-scalars layout, the figures of every measure and the summary text."""
@@ -228,11 +224,10 @@ def _write_extras(
         writer.add_custom_scalars(layout)
     last_step = max(record.step for record in records)
     for measure in measures:
-        floor = (noise_floors or {}).get(measure)
-        curves = convergence_figure(records, measure=measure, layers=layers, noise_floor=floor)
-        heatmap = heatmap_figure(records, measure=measure, layers=layers)
-        _add_figure(writer, f"cca/{measure}_to_final_curves", curves, last_step)
-        _add_figure(writer, f"cca/{measure}_to_final_heatmap", heatmap, last_step)
+        for tag, name in (("curves", f"{measure}_to_final"), ("heatmap", f"{measure}_heatmap")):
+            writer.add_image(
+                f"cca/{measure}_to_final_{tag}", images[name], last_step, dataformats="HWC"
+            )
     if summary_text:
         writer.add_text(SUMMARY_TEXT_TAG, summary_text, global_step=last_step)
     writer.flush()
@@ -246,6 +241,7 @@ def log_tensorboard_extras(
     *,
     noise_floors: Mapping[str, float] | None = None,
     summary_text: str | None = None,
+    images: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Add the chart layout and figures to every TensorBoard logger among ``loggers``.
 
@@ -262,6 +258,9 @@ def log_tensorboard_extras(
         noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances.
         summary_text: Markdown shown in TensorBoard's Text tab under ``cca/convergence_summary``
             (see :func:`summary_markdown`).
+        images: The figures already rendered by
+            :func:`~cca_monitor.plots.final_figure_images` for these arguments, to reuse;
+            None renders them here.
 
     Raises:
         TypeError: If an argument is not a sequence.
@@ -272,8 +271,10 @@ def log_tensorboard_extras(
     if not selected:
         return
     _check_extras_arguments(records, measures, layers)
+    if images is None:
+        images = final_figure_images(records, measures, layers=layers, noise_floors=noise_floors)
     for logger in selected:
-        _write_extras(logger.experiment, records, measures, layers, noise_floors, summary_text)
+        _write_extras(logger.experiment, records, measures, layers, images, summary_text)
 
 
 def write_tensorboard(
@@ -284,6 +285,7 @@ def write_tensorboard(
     *,
     noise_floors: Mapping[str, float] | None = None,
     summary_text: str | None = None,
+    images: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write the scalars, layout and figures of ``records`` as TensorBoard events, no trainer.
 
@@ -299,6 +301,8 @@ def write_tensorboard(
         noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances.
         summary_text: Markdown shown in TensorBoard's Text tab under ``cca/convergence_summary``
             (see :func:`summary_markdown`).
+        images: Figures already rendered for these arguments, see
+            :func:`log_tensorboard_extras`.
 
     Raises:
         TypeError: If an argument is not a sequence.
@@ -306,12 +310,14 @@ def write_tensorboard(
             records of distances to the final representation.
     """
     _check_extras_arguments(records, measures, layers)
+    if images is None:
+        images = final_figure_images(records, measures, layers=layers, noise_floors=noise_floors)
     writer = SummaryWriter(log_dir=os.fspath(log_dir))
     try:
         for step, values in _metrics_by_step(records):
             for tag, value in values.items():
                 writer.add_scalar(tag, value, global_step=step)
-        _write_extras(writer, records, measures, layers, noise_floors, summary_text)
+        _write_extras(writer, records, measures, layers, images, summary_text)
     finally:
         writer.close()
     log.info("Wrote TensorBoard events for %d records to %s", len(records), log_dir)
@@ -327,7 +333,8 @@ def write_report(
     """Write a run's analysis: result files, PNG figures and TensorBoard output.
 
     Writes ``cca_results.csv``, ``cca_results.json`` (records and summary) and the figures of
-    :func:`~cca_monitor.plots.save_figures` into ``directory``. The distances to final go to
+    :func:`~cca_monitor.plots.save_figures` into ``directory``; each figure is drawn once, for
+    the file and for TensorBoard. The distances to final go to
     every logger in ``loggers`` (the distances to the previous snapshot are logged during
     training), with the TensorBoard layout and figures; with ``tensorboard_dir`` instead, all
     records are written there as TensorBoard events without a trainer.
@@ -340,10 +347,17 @@ def write_report(
         log.warning("No layer has distances to report; only the result files were written")
         return paths
     floors = _lowest_noise_floors(analysis.summary.get("noise_floor", {}))
-    paths += save_figures(analysis.records, directory, analysis.measures, noise_floors=floors)
+    images = final_figure_images(
+        analysis.records, analysis.measures, layers=analysis.layers, noise_floors=floors
+    )
+    paths += save_images(images, directory)
     to_final = [record for record in analysis.records if record.reference == "final"]
     arguments = (analysis.records, analysis.measures, analysis.layers)
-    extras = {"noise_floors": floors, "summary_text": summary_markdown(analysis.summary)}
+    extras = {
+        "noise_floors": floors,
+        "summary_text": summary_markdown(analysis.summary),
+        "images": images,
+    }
     if loggers:
         log_records(loggers, to_final)
         log_tensorboard_extras(loggers, *arguments, **extras)
