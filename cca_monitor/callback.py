@@ -28,7 +28,12 @@ from cca_monitor.capture import (
     resolve_layer_names,
     unwrap_model,
 )
-from cca_monitor.convergence import analyse_snapshots, report_problems, snapshot_distances
+from cca_monitor.convergence import (
+    analyse_snapshots,
+    prepare_snapshot,
+    report_problems,
+    snapshot_distances,
+)
 from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode
 from cca_monitor.records import DistanceRecord
 from cca_monitor.report import log_records, write_report
@@ -80,6 +85,8 @@ class MonitorLogic:
         )
         _check_int("num_snapshots", num_snapshots, minimum=2)
         _check_int("probe_size", probe_size, minimum=2)
+        if probe_batch_size is not None:
+            _check_int("probe_batch_size", probe_batch_size, minimum=1)
         if not 0.0 <= convergence_threshold <= 1.0:
             raise ValueError(
                 f"convergence_threshold must be in [0, 1], got {convergence_threshold}"
@@ -106,9 +113,11 @@ class MonitorLogic:
         """Distances of each snapshot to the one before, appended as training runs (all ranks)."""
         self._schedule: Schedule | None = None
         self._probe: torch.Tensor | None = None
+        self._probe_batch_size: int | None = probe_batch_size
         self._layers: list[str] = []
         self._captured: list[int] = []
-        self._previous: dict[str, torch.Tensor] | None = None
+        self._previous: dict[str, Any] | None = None
+        """The last snapshot, prepared for the distances of the next one to it."""
         self._resumed_fingerprint: str | None = None
         self._resumed_run_dir: Path | None = None
 
@@ -173,6 +182,9 @@ class MonitorLogic:
     # -- setup -------------------------------------------------------------------------------
 
     def _setup_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a new fit starts a new series (a resumed one gets its steps back in load_state_dict)
+        self._captured, self._previous, self.previous_distances = [], None, []
+        self.results, self.summary = [], {}
         model = unwrap_model(pl_module)
         self._layers = resolve_layer_names(model, self.layers)
         run_dir = self.dirpath if self.dirpath is not None else Path(trainer.log_dir or ".")
@@ -205,6 +217,7 @@ class MonitorLogic:
                 "dirpath (or logger version), or resume that run with trainer.fit(ckpt_path=...)"
             )
         self._probe = self._resolve_probe(trainer)
+        self._probe_batch_size = self.probe_batch_size or _batch_size(trainer.train_dataloader)
         fingerprint = probe_fingerprint(self._probe)
         if self._resumed_fingerprint is not None and self._resumed_fingerprint != fingerprint:
             raise ValueError(
@@ -292,7 +305,7 @@ class MonitorLogic:
             pl_module,
             shards[trainer.global_rank],
             self._layers,
-            batch_size=self.probe_batch_size,
+            batch_size=self._probe_batch_size,
             device=pl_module.device,
             autocast_context=trainer.precision_plugin.forward_context,
             probe_offset=sum(len(shard) for shard in shards[: trainer.global_rank]),
@@ -343,18 +356,18 @@ class MonitorLogic:
         self, activations: Mapping[str, torch.Tensor], step: int
     ) -> list[DistanceRecord]:
         previous = self._previous if self._previous is not None else self._stored_before(step)
-        self._previous = dict(activations)
+        self._previous = prepare_snapshot(activations)
         if previous is None:
             return []
         records, problems = snapshot_distances(
-            previous, activations, self.measures, step=step, kind="previous"
+            previous, self._previous, self.measures, step=step, kind="previous"
         )
         report_problems(problems)
         return records
 
-    def _stored_before(self, step: int) -> dict[str, torch.Tensor] | None:
+    def _stored_before(self, step: int) -> dict[str, Any] | None:
         earlier = [s for s in self.store.steps() if s < step]
-        return self.store.read(earlier[-1]) if earlier else None
+        return prepare_snapshot(self.store.read(earlier[-1])) if earlier else None
 
     def _explain_recovery(self, trainer: pl.Trainer) -> None:
         if self.store is not None and trainer.is_global_zero and self._captured:
@@ -375,6 +388,7 @@ class MonitorLogic:
             self.measures,
             threshold=self.convergence_threshold,
             layers=self._layers,
+            known_previous=self.previous_distances,
         )
         self.results, self.summary = analysis.records, analysis.summary
         write_report(analysis, self.run_dir, loggers=trainer.loggers)
@@ -409,7 +423,9 @@ class CCAMonitor(MonitorLogic, Callback):
         every_n_train_steps: Snapshot every n optimizer steps instead.
         schedule: Any ``step -> bool`` callable (see :mod:`cca_monitor.schedule`) instead.
         probe_size: Number of examples taken from a Dataset or DataLoader probe.
-        probe_batch_size: Examples per probe forward call; None runs the probe at once.
+        probe_batch_size: Examples per probe forward call. None uses the batch size of the
+            training dataloader (a batch the model is known to fit in memory, and on a CPU
+            faster than one large batch), or runs the probe at once when it has none.
         conv_mode: Layout of conv outputs; ``"positions"`` treats each spatial position as a
             datapoint and channels as neurons.
         max_rows: Cap on datapoints per layer (conv positions are subsampled with a fixed seed,
@@ -451,6 +467,12 @@ def _first_loader(loaders: Any) -> DataLoader | None:
     if isinstance(loaders, Mapping) and loaders:
         return _first_loader(next(iter(loaders.values())))
     return None
+
+
+def _batch_size(loaders: Any) -> int | None:
+    """The batch size of the first training dataloader, None if unknown."""
+    loader = _first_loader(loaders)
+    return getattr(loader, "batch_size", None) if loader is not None else None
 
 
 def _first_inputs(source: Dataset | DataLoader, size: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,6 @@ from cca_monitor.similarity import (
     Representation,
     SampleSizeWarning,
     check_measures,
-    random_baseline,
 )
 from cca_monitor.storage import SnapshotStore
 
@@ -106,6 +105,26 @@ def snapshot_distances(
     return records, problems
 
 
+def prepare_snapshot(
+    snapshot: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor | Representation]:
+    """Each layer of a snapshot as a :class:`~cca_monitor.similarity.Representation`.
+
+    A prepared snapshot computes each layer's moments and whitening once, however many
+    snapshots it is compared with (:func:`snapshot_distances` takes it on either side). A layer
+    whose activations are rejected (e.g. NaN) stays a tensor, so that :func:`layer_distances`
+    reports the problem for it.
+    """
+    return {layer: _try_representation(activations) for layer, activations in snapshot.items()}
+
+
+def _try_representation(activations: torch.Tensor) -> torch.Tensor | Representation:
+    try:
+        return Representation(activations)
+    except ValueError:
+        return activations
+
+
 def distances_to_reference(
     store: SnapshotStore,
     measures: Sequence[Measure],
@@ -130,12 +149,10 @@ def distances_to_reference(
         ValueError: If the store holds no snapshots or ``reference_step`` is not one of them.
     """
     steps = _stored_steps(store)
-    if reference_step is None:
-        reference_step = steps[-1]
-    if reference_step not in steps:
-        raise ValueError(f"reference_step {reference_step} is not a stored step; steps: {steps}")
-    reference = store.read(reference_step)
-    return _collect(store, steps, measures, lambda _previous: reference, "final")
+    to_final, _ = _distances(
+        store, steps, measures, _reference_step(steps, reference_step), to_previous=False
+    )
+    return to_final
 
 
 def distances_to_previous(
@@ -146,7 +163,8 @@ def distances_to_previous(
     Returns:
         Records with ``reference="previous"``, none for the first step.
     """
-    return _collect(store, _stored_steps(store), measures, lambda previous: previous, "previous")
+    _, to_previous = _distances(store, _stored_steps(store), measures, None, to_previous=True)
+    return to_previous
 
 
 def _stored_steps(store: SnapshotStore) -> list[int]:
@@ -156,67 +174,53 @@ def _stored_steps(store: SnapshotStore) -> list[int]:
     return steps
 
 
-def _collect(
+def _reference_step(steps: Sequence[int], reference_step: int | None) -> int:
+    if reference_step is None:
+        return steps[-1]
+    if reference_step not in steps:
+        raise ValueError(f"reference_step {reference_step} is not a stored step; steps: {steps}")
+    return reference_step
+
+
+def _distances(
     store: SnapshotStore,
     steps: Sequence[int],
     measures: Sequence[Measure],
-    reference_for: Callable[[dict[str, torch.Tensor] | None], dict[str, torch.Tensor] | None],
-    kind: Reference,
-) -> list[DistanceRecord]:
-    """Distances of each stored snapshot to ``reference_for(previous snapshot)``.
+    reference_step: int | None,
+    *,
+    to_previous: bool,
+) -> tuple[list[DistanceRecord], list[DistanceRecord]]:
+    """Distances of each stored snapshot to the reference one and/or to the one before it.
 
-    Every snapshot is prepared once as :class:`~cca_monitor.similarity.Representation` per
-    layer, and kept while it can serve again as a reference, so the final (or previous)
-    representation's moments and whitening are computed once, not for every comparison.
+    One pass: every snapshot is read and prepared (:func:`prepare_snapshot`) once, so the
+    reference's moments and whitening are computed once for all snapshots, and each snapshot's
+    serve both its comparisons. Memory holds the reference, the previous and the current
+    snapshot.
+
+    Returns:
+        ``(to_reference, to_previous)`` records; the first is empty when ``reference_step`` is
+        None, the second when ``to_previous`` is False.
     """
     measures = check_measures(measures)
-    records: list[DistanceRecord] = []
+    found: dict[Reference, list[DistanceRecord]] = {"final": [], "previous": []}
     problems: dict[str, list[str]] = {}
-    previous: dict[str, torch.Tensor] | None = None
-    prepared: dict[int, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+    reference = None if reference_step is None else prepare_snapshot(store.read(reference_step))
+    previous: dict[str, Any] | None = None
     for step in steps:
-        snapshot = store.read(step)
-        reference = reference_for(previous)
-        if reference is not None:
-            step_records, step_problems = snapshot_distances(
-                _prepared(reference, prepared),
-                _prepared(snapshot, prepared),
-                measures,
-                step=step,
-                kind=kind,
+        snapshot = reference if step == reference_step else prepare_snapshot(store.read(step))
+        bases = {"final": reference, "previous": previous if to_previous else None}
+        for kind, base in bases.items():
+            if base is None:
+                continue
+            records, step_problems = snapshot_distances(
+                base, snapshot, measures, step=step, kind=kind
             )
-            records.extend(step_records)
+            found[kind].extend(records)
             for layer, messages in step_problems.items():
                 problems.setdefault(layer, []).extend(messages)
         previous = snapshot
-        # keep only what the next step can compare with again: this snapshot, the reference
-        prepared = {
-            key: entry
-            for key, entry in prepared.items()
-            if entry[0] is snapshot or entry[0] is reference
-        }
     report_problems(problems)
-    return records
-
-
-def _prepared(
-    snapshot: dict[str, torch.Tensor], cache: dict[int, tuple[dict[str, torch.Tensor], dict]]
-) -> dict[str, Any]:
-    """``{layer: Representation}`` of a snapshot, made once per snapshot object.
-
-    A layer whose activations are rejected (e.g. NaN) stays a tensor, so that
-    :func:`layer_distances` reports the problem for it.
-    """
-    if id(snapshot) not in cache:
-        cache[id(snapshot)] = (snapshot, {k: _try_representation(v) for k, v in snapshot.items()})
-    return cache[id(snapshot)][1]
-
-
-def _try_representation(activations: torch.Tensor) -> torch.Tensor | Representation:
-    try:
-        return Representation(activations)
-    except ValueError:
-        return activations
+    return found["final"], found["previous"]
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,7 @@ def analyse_snapshots(
     reference_step: int | None = None,
     threshold: float = 0.1,
     layers: Sequence[str] | None = None,
+    known_previous: Sequence[DistanceRecord] = (),
 ) -> RunAnalysis:
     """Distances to the final and to the previous snapshot, and the convergence summary.
 
@@ -256,17 +261,23 @@ def analyse_snapshots(
         reference_step: The snapshot treated as final; None means the last one.
         threshold: Distance counted as converged.
         layers: Layer order for reports; None means the order found in the reference.
+        known_previous: Distances to the previous snapshot already computed from these
+            snapshots (the monitor logs them during training). Used as they are when they
+            cover every measure at every stored step after the first; otherwise all distances
+            to the previous snapshot are computed here.
 
     Returns:
         A :class:`RunAnalysis`.
     """
     measures = check_measures(measures)
-    to_final = distances_to_reference(store, measures, reference_step=reference_step)
-    to_previous = distances_to_previous(store, measures)
+    steps = _stored_steps(store)
+    reference = _reference_step(steps, reference_step)
+    reuse = _covers(known_previous, steps[1:], measures)
+    to_final, to_previous = _distances(store, steps, measures, reference, to_previous=not reuse)
+    if reuse:
+        to_previous = [record for record in known_previous if record.reference == "previous"]
     found = list(dict.fromkeys(record.layer for record in to_final))
     ordered = [layer for layer in (layers or found) if layer in found]
-    steps = store.steps()
-    reference = steps[-1] if reference_step is None else reference_step
     summary = {
         "measure": measures[0],
         "threshold": threshold,
@@ -277,6 +288,14 @@ def analyse_snapshots(
         "noise_floor": noise_floors(store, measures, step=reference),
     }
     return RunAnalysis(to_final + to_previous, ordered, measures, summary)
+
+
+def _covers(
+    records: Sequence[DistanceRecord], steps: Sequence[int], measures: Sequence[str]
+) -> bool:
+    """Whether ``records`` hold distances to the previous snapshot for exactly these steps."""
+    found = {(r.step, r.measure) for r in records if r.reference == "previous"}
+    return len(records) > 0 and found == {(s, m) for s in steps for m in measures}
 
 
 class LayerWarning(UserWarning):
@@ -327,17 +346,37 @@ def noise_floors(
     floors: dict[str, dict[str, float]] = {measure: {} for measure in measures}
     problems: dict[str, list[str]] = {}
     for layer, activations in store.read(step).items():
+        try:
+            similarity = _shuffled_similarities(activations, measures, repeats, seed)
+        except (ValueError, torch.linalg.LinAlgError) as error:
+            problems.setdefault(layer, []).append(str(error))
+            similarity = dict.fromkeys(measures, math.nan)
         for measure in measures:
-            try:
-                similarity = random_baseline(
-                    activations, activations, measure, repeats=repeats, seed=seed
-                )
-            except (ValueError, torch.linalg.LinAlgError) as error:
-                problems.setdefault(layer, []).append(str(error))
-                similarity = math.nan
-            floors[measure][layer] = 1.0 - similarity
+            floors[measure][layer] = 1.0 - similarity[measure]
     report_problems(problems)
     return floors
+
+
+def _shuffled_similarities(
+    activations: torch.Tensor, measures: Sequence[Measure], repeats: int, seed: int
+) -> dict[str, float]:
+    """``random_baseline(activations, activations, m)`` for every measure ``m`` at once.
+
+    The same shuffles as :func:`~cca_monitor.similarity.random_baseline`; the unshuffled side is
+    prepared once and each shuffle's moments serve every measure.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    original = Representation(activations)
+    generator = torch.Generator().manual_seed(seed)
+    values: dict[str, list[float]] = {measure: [] for measure in measures}
+    for _ in range(repeats):
+        order = torch.randperm(activations.shape[0], generator=generator)
+        shuffled = Representation(activations[order.to(activations.device)], name="y")
+        moments = PairMoments.between(original, shuffled)
+        for measure in measures:
+            values[measure].append(moments.similarity(measure))
+    return {measure: sum(found) / len(found) for measure, found in values.items()}
 
 
 def report_problems(problems: Mapping[str, Iterable[str]]) -> None:

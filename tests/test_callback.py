@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cca_monitor import CCAMonitor, SnapshotStore, read_results
 from cca_monitor.callback import SNAPSHOT_DIR_NAME
+from cca_monitor.convergence import distances_to_previous
 
 LAYERS = ["conv", "fc1", "fc2"]
 ZERO_TOL = 1e-9
@@ -87,6 +88,45 @@ def test_results_in_memory_match_files(tmp_path):
     with open(monitor.run_dir / "cca_results.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == len(monitor.results)
+
+
+def test_previous_distances_logged_in_training_are_those_of_the_stored_snapshots(tmp_path):
+    monitor = CCAMonitor(num_snapshots=4, measures=["svcca", "pwcca", "linear_cka"])
+    _fit(tmp_path, monitor, max_epochs=1)
+    recomputed = distances_to_previous(monitor.store, monitor.measures)
+    reported = [r for r in monitor.results if r.reference == "previous"]
+    assert len(reported) == len(recomputed) == len(monitor.previous_distances) > 0
+    key = lambda r: (r.step, r.layer, r.measure)  # noqa: E731
+    for got, want in zip(sorted(reported, key=key), sorted(recomputed, key=key), strict=True):
+        assert key(got) == key(want)
+        assert got.distance == pytest.approx(want.distance, abs=1e-9)
+
+
+def test_one_monitor_can_watch_a_second_fit(tmp_path):
+    monitor = CCAMonitor(num_snapshots=3, dirpath=tmp_path / "first")
+    _fit(tmp_path / "a", monitor, max_epochs=1)
+    first = list(monitor.results)
+    monitor.dirpath = tmp_path / "second"
+    _fit(tmp_path / "b", monitor, max_epochs=1, seed=1)
+    assert monitor.store.steps() == [0, 4, 8]
+    assert sorted({r.step for r in monitor.previous_distances}) == [4, 8]
+    assert len(monitor.results) == len(first)
+    assert (tmp_path / "second" / "cca_results.json").is_file()
+
+
+def test_probe_runs_in_training_sized_batches_by_default(tmp_path, monkeypatch):
+    sizes = []
+    original = TinyConvNet.forward
+
+    def recording_forward(self, x):
+        if not self.training:
+            sizes.append(x.shape[0])
+        return original(self, x)
+
+    monkeypatch.setattr(TinyConvNet, "forward", recording_forward)
+    monitor = CCAMonitor(num_snapshots=2, probe_size=100)
+    _fit(tmp_path, monitor, max_epochs=1, limit_val_batches=0)
+    assert sizes[:4] == [32, 32, 32, 4]  # the probe of 100 in batches of the training 32
 
 
 def _state(model):
