@@ -18,6 +18,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 THREADS = 2
+SETTLE_SECONDS = 0.5
 UNSET_OPENBLAS = {
     name: os.environ.pop(name)
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -63,7 +64,13 @@ def environment() -> str:
 
 
 def timed(fn: Callable[[], T]) -> tuple[float, T]:
-    """Wall time and result of one call of ``fn``."""
+    """Wall time and result of one call of ``fn``, started after a pause of ``SETTLE_SECONDS``.
+
+    OpenBLAS's worker threads keep spinning for about 0.2 s after every numpy product and take
+    a core from whatever runs next (a torch call right after a numpy one measured 193 ms
+    instead of 133 ms), so each timed call starts on quiet cores.
+    """
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     result = fn()
     return time.perf_counter() - start, result
@@ -74,21 +81,21 @@ def seconds(fn: Callable[[], object]) -> float:
     return timed(fn)[0]
 
 
-def interleaved_medians(
+def medians_in_order(
     fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
 ) -> dict[str, float]:
-    """Median wall time of each function, the functions taking turns in every repeat.
+    """Median wall time of each function, each timed ``repeats`` times in the order given.
 
-    Taking turns spreads any load from other processes evenly over the contenders, so their
-    ratio is fair even when the absolute times drift.
+    Put the numpy contenders (baseline, floor) first: once torch has run a product in the
+    process, the numpy baseline measured up to 1.7x slower on this machine (0.37 s against
+    0.51 to 0.66 s), so it is timed before. Every call is timed by :func:`timed`, after its
+    pause. Run on an idle machine: the contenders do not take turns.
     """
-    for fn in fns.values():
+    times: dict[str, list[float]] = {}
+    for name, fn in fns.items():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(seconds(fn))
+        times[name] = [seconds(fn) for _ in range(repeats)]
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -137,7 +144,7 @@ def print_report(
     """Print the setup, the median times and the target lines of one benchmark."""
     print(f"## {title}")
     print(environment())
-    timing = f"median of {repeats} interleaved repeats; " if repeats else ""
+    timing = f"median of {repeats} repeats; " if repeats else ""
     print(f"{timing}load average {load_before} before, {load()} after")
     width = max((len(name) for name in timings), default=0)
     for name, value in timings.items():

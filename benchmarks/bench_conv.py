@@ -20,16 +20,16 @@ def main() -> None:
     n = IMAGES * POSITIONS
     x, y = _common.correlated_pair(n, CHANNELS, CHANNELS, dtype=np.float32)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
-    timings = _common.interleaved_medians(
+    timings = _common.medians_in_order(
         {
             "baseline (np.cov, pinv, eigh, svd), float32": lambda: _baseline.mean_cca(x, y),
-            "ours (similarity.mean_cca), float32": lambda: similarity.mean_cca(x, y),
             "baseline, float64": lambda: _baseline.mean_cca(x64, y64),
+            "ours (similarity.mean_cca), float32": lambda: similarity.mean_cca(x, y),
             "ours, float64": lambda: similarity.mean_cca(x64, y64),
         },
         REPEATS,
     )
-    baseline, ours, baseline64, ours64 = timings.values()
+    baseline, baseline64, ours, ours64 = timings.values()
     difference = abs(similarity.mean_cca(x, y) - _baseline.mean_cca(x, y))
     _common.print_report(
         f"conv mean CCA, {IMAGES} images x {POSITIONS} positions x {CHANNELS} channels "

@@ -20,7 +20,7 @@ def main() -> None:
     load_before = _common.load()
     x, y = _common.correlated_pair(N, D, D)
     stacked = np.hstack([x, y])
-    timings = _common.interleaved_medians(
+    timings = _common.medians_in_order(
         {
             "baseline (np.cov, pinv, eigh, svd)": lambda: _baseline.mean_cca(x, y),
             "floor (numpy Gram of [x y], float64)": lambda: _baseline.floor_gram(stacked),

@@ -15,7 +15,7 @@ N, D, KEEP, REPEATS = 10_000, 512, 0.99, 5
 def main() -> None:
     load_before = _common.load()
     x, y = _common.correlated_pair(N, D, D)
-    timings = _common.interleaved_medians(
+    timings = _common.medians_in_order(
         {
             "baseline (full SVDs, then np.cov CCA)": lambda: _baseline.svcca(x, y, KEEP),
             "ours (similarity.svcca)": lambda: similarity.svcca(x, y, keep=KEEP),

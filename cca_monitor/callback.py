@@ -282,12 +282,11 @@ class MonitorLogic:
         records: list[DistanceRecord] = []
         if trainer.is_global_zero:
             activations = _finite_layers(activations, step)
-            cost = {"cca/snapshot_seconds": time.perf_counter() - started}
-            cost.update(self._write(step, activations))
+            cost = self._write(step, activations)
             records = self._distances_to_previous(activations, step)
+            cost["cca/snapshot_seconds"] = time.perf_counter() - started
             log_records(trainer.loggers, records)
-            for logger in trainer.loggers:
-                logger.log_metrics(cost, step=step)
+            _log_cost(trainer, cost, step)
         self.previous_distances.extend(trainer.strategy.broadcast(records, src=0))
 
     def _capture(
@@ -380,6 +379,7 @@ class MonitorLogic:
     # -- end of training -----------------------------------------------------------------------
 
     def _finish(self, trainer: pl.Trainer) -> None:
+        started, step = time.perf_counter(), trainer.global_step
         if not self.store.steps():
             rank_zero_warn("CCAMonitor has no snapshots on disk; nothing to report")
             return
@@ -392,6 +392,7 @@ class MonitorLogic:
         )
         self.results, self.summary = analysis.records, analysis.summary
         write_report(analysis, self.run_dir, loggers=trainer.loggers)
+        _log_cost(trainer, {"cca/report_seconds": time.perf_counter() - started}, step)
 
 
 class CCAMonitor(MonitorLogic, Callback):
@@ -467,6 +468,12 @@ def _first_loader(loaders: Any) -> DataLoader | None:
     if isinstance(loaders, Mapping) and loaders:
         return _first_loader(next(iter(loaders.values())))
     return None
+
+
+def _log_cost(trainer: pl.Trainer, cost: dict[str, float], step: int) -> None:
+    """Log what the monitor cost (seconds, megabytes) to every logger at ``step``."""
+    for logger in trainer.loggers:
+        logger.log_metrics(cost, step=step)
 
 
 def _batch_size(loaders: Any) -> int | None:

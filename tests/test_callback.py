@@ -63,7 +63,11 @@ def test_event_files_hold_the_convergence_curves(tmp_path):
     assert "first step within 0.1 svcca distance of final" in table
     for layer in LAYERS:
         assert f"| {layer} | " in table
-    assert "cca/snapshot_seconds" in scalar_tags
+    assert {"cca/snapshot_seconds", "cca/snapshot_megabytes"} <= scalar_tags
+    assert [p.step for p in events.Scalars("cca/snapshot_seconds")] == expected_steps
+    (report_cost,) = events.Scalars("cca/report_seconds")
+    assert report_cost.step == last
+    assert report_cost.value > 0
 
     for name in [
         "cca_results.csv",

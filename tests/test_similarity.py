@@ -624,6 +624,17 @@ def test_products_split_over_cores(dtype, offset, monkeypatch, seed):
     np.testing.assert_allclose(ours, reference, atol=REFERENCE_TOL)
 
 
+@pytest.mark.parametrize("block", [2, 4], ids=["3-blocks", "uneven-blocks"])
+def test_symmetric_products_in_column_blocks(block, monkeypatch, seed):
+    monkeypatch.setattr(sim, "GRAM_BLOCK", block)
+    x, y = _pair(400, 7, 6, torch.float64, seed)  # small offsets: the uncentered float64 path
+    torch.testing.assert_close(sim._symmetric_gram(x), x.T @ x, rtol=1e-13, atol=1e-12)
+    reference = ref_correlations(x.numpy(), y.numpy())
+    np.testing.assert_allclose(
+        sim.canonical_correlations(x, y).numpy(), reference, atol=REFERENCE_TOL
+    )
+
+
 def test_thread_count_restored_after_an_error():
     threads = torch.get_num_threads()
     with pytest.raises(ValueError, match="non-finite"):
