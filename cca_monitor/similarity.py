@@ -121,6 +121,8 @@ def _one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+MIN_NEURONS_SIDE_BY_SIDE = 128
+"""Both sides' decompositions run as parallel tasks when each has at least this many neurons."""
 MIN_ROWS_PER_TASK = 4096
 """Row sums over fewer rows than this per core run in one task."""
 
@@ -144,14 +146,15 @@ def _sum_over_rows(
 
 
 def _side_by_side(
-    first: Callable[[], _R], second: Callable[[], _R], *, device: torch.device
+    first: Callable[[], _R], second: Callable[[], _R], *, device: torch.device, large: bool
 ) -> tuple[_R, _R]:
-    """``(first(), second())``; on the CPU run at once as two single-threaded tasks.
+    """``(first(), second())``; on the CPU and when ``large``, as two single-threaded tasks.
 
     For the two sides' decompositions (Cholesky factors, eigendecompositions), which are
-    chains of small steps that gain little from threads inside each.
+    chains of small steps that gain little from threads inside each. Small ones run in turn:
+    starting the tasks would cost more than they save.
     """
-    if device.type != "cpu" or torch.get_num_threads() < 2:
+    if device.type != "cpu" or torch.get_num_threads() < 2 or not large:
         return first(), second()
     with _serial(), ThreadPoolExecutor(2) as pool:
         pending = pool.submit(second)
@@ -716,6 +719,7 @@ class PairMoments:
             functools.partial(self._reduced_whitening, "x", keep_x, cutoff),
             functools.partial(self._reduced_whitening, "y", keep_y, cutoff),
             device=self.scatter_xy.device,
+            large=min(self.scatter_xy.shape) >= MIN_NEURONS_SIDE_BY_SIDE,
         )
         return wx, wy
 
