@@ -174,11 +174,14 @@ def _stored_steps(store: SnapshotStore) -> list[int]:
     return steps
 
 
-def _reference_step(steps: Sequence[int], reference_step: int | None) -> int:
+def _reference_step(
+    steps: Sequence[int], reference_step: int | None, *, name: str = "reference_step"
+) -> int:
+    """``reference_step``, or the last stored step for None; raise if it is not stored."""
     if reference_step is None:
         return steps[-1]
     if reference_step not in steps:
-        raise ValueError(f"reference_step {reference_step} is not a stored step; steps: {steps}")
+        raise ValueError(f"{name} {reference_step} is not a stored step; steps: {steps}")
     return reference_step
 
 
@@ -336,13 +339,7 @@ def noise_floors(
         0.89
     """
     measures = check_measures(measures)
-    steps = store.steps()
-    if not steps:
-        raise ValueError(f"no snapshots found in {store.directory}")
-    if step is None:
-        step = steps[-1]
-    if step not in steps:
-        raise ValueError(f"`step` {step} is not a stored step; steps: {steps}")
+    step = _reference_step(_stored_steps(store), step, name="`step`")
     floors: dict[str, dict[str, float]] = {measure: {} for measure in measures}
     problems: dict[str, list[str]] = {}
     for layer, activations in store.read(step).items():
