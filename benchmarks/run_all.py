@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 SCRIPTS = ["bench_mean_cca.py", "bench_svcca.py", "bench_to_final.py", "bench_conv.py"]
-SCRIPTS.append("bench_memory.py")
+SCRIPTS += ["bench_memory.py", "bench_float32_gram.py"]
 
 
 def main() -> int:

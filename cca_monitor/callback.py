@@ -182,8 +182,10 @@ class MonitorLogic:
     # -- setup -------------------------------------------------------------------------------
 
     def _setup_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # a new fit starts a new series (a resumed one gets its steps back in load_state_dict)
+        # a new fit starts a new series; a resumed one gets its state back in load_state_dict,
+        # which Lightning calls after setup
         self._captured, self._previous, self.previous_distances = [], None, []
+        self._resumed_run_dir, self._resumed_fingerprint = None, None
         self.results, self.summary = [], {}
         model = unwrap_model(pl_module)
         self._layers = resolve_layer_names(model, self.layers)

@@ -50,6 +50,11 @@ def _report(args: argparse.Namespace) -> int:
     store = _find_store(Path(args.run_dir))
     metadata = store.read_metadata()
     measures = args.measures or metadata.get("measures") or ["svcca", "pwcca"]
+    if args.reference_step is not None and args.reference_step not in store.steps():
+        raise SystemExit(
+            f"cca-monitor: --reference-step {args.reference_step} is not a stored step; "
+            f"steps: {store.steps()}"
+        )
     analysis = analyse_snapshots(
         store,
         measures,
@@ -89,6 +94,14 @@ def _compare(args: argparse.Namespace) -> int:
     print(format_comparison(comparison))
     print(f"\nWrote {len(paths)} files to {args.out}")
     return 0
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a float in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
 
 
 def _find_store(run_dir: Path) -> SnapshotStore:
@@ -170,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="snapshot treated as final (default: the last one)",
     )
     report.add_argument(
-        "--threshold", type=float, default=0.1, help="distance counted as converged (default 0.1)"
+        "--threshold",
+        type=_fraction,
+        default=0.1,
+        help="distance counted as converged, in [0, 1] (default 0.1)",
     )
     report.add_argument("--out", default=None, help="output folder (default: RUN_DIR/cca_report)")
     report.add_argument(

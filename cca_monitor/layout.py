@@ -151,8 +151,9 @@ def to_datapoints(
             number generator is never used.
         seed: Seed of the row subsampling.
         rows: Instead of ``max_rows``, the indices of the rows to keep, in the order wanted
-            (int64, on any device). In ``"positions"`` mode only those rows are gathered, so a
-            large convolution output is never copied whole.
+            (a 1-D int32 or int64 tensor, values in ``[0, num_rows)``, on any device). In
+            ``"positions"`` mode only those rows are gathered, so a large convolution output is
+            never copied whole.
 
     Returns:
         A contiguous ``(num_datapoints, num_neurons)`` tensor with the input's dtype and device.
@@ -160,9 +161,11 @@ def to_datapoints(
         the row cap is returned as is).
 
     Raises:
-        TypeError: If ``activation`` is not a tensor, or ``max_rows`` or ``seed`` is not an int.
+        TypeError: If ``activation`` is not a tensor, ``max_rows`` or ``seed`` is not an int, or
+            ``rows`` is not an integer tensor.
         ValueError: If the rank does not fit ``kind``, ``kind``, ``conv_mode`` or
-            ``max_rows`` has an invalid value, or both ``max_rows`` and ``rows`` are given.
+            ``max_rows`` has an invalid value, both ``max_rows`` and ``rows`` are given, or
+            ``rows`` is not 1-D or holds an index out of range.
 
     Examples:
         >>> x = torch.zeros(8, 16, 5, 5)
@@ -179,12 +182,14 @@ def to_datapoints(
     check_layout_arguments(kind=kind, conv_mode=conv_mode, max_rows=max_rows, seed=seed)
     if max_rows is not None and rows is not None:
         raise ValueError("give either max_rows or rows, not both")
-    if max_rows is not None:
-        num_rows = activation.shape[0] * datapoints_per_example(
-            activation, kind=kind, conv_mode=conv_mode
-        )
-        if num_rows > max_rows:
-            rows = _row_subset(num_rows, max_rows, seed, activation.device)
+    _check_rank(activation, kind)
+    num_rows = activation.shape[0] * datapoints_per_example(
+        activation, kind=kind, conv_mode=conv_mode
+    )
+    if rows is not None:
+        _check_rows(rows, num_rows)
+    elif max_rows is not None and num_rows > max_rows:
+        rows = _row_subset(num_rows, max_rows, seed, activation.device)
     if rows is not None and kind != "sequence" and activation.dim() in _CONV_RANKS:
         if conv_mode == "positions":
             return _positions_at(activation, rows.to(activation.device))
@@ -523,19 +528,26 @@ def conv_similarity(
 
 def _reshape(activation: torch.Tensor, *, kind: LayoutKind, conv_mode: ConvMode) -> torch.Tensor:
     """Dispatch on ``kind`` and rank; see :func:`to_datapoints`."""
-    rank = activation.dim()
+    _check_rank(activation, kind)
     if kind == "sequence":
         return sequence_to_datapoints(activation)
-    if kind == "auto" and rank == 2:
+    if activation.dim() == 2:
         return activation
-    if rank in _CONV_RANKS:
-        return _conv_to_datapoints(activation, conv_mode)
-    expected = "2 (dense) or 3 to 5 (convolution)" if kind == "auto" else "3 to 5"
-    raise ValueError(
-        f"Cannot lay out an activation of shape {tuple(activation.shape)} with kind={kind!r}: "
-        f"expected rank {expected} with the batch first. Pass kind='sequence' for (N, T, H) "
-        "sequences."
-    )
+    return _conv_to_datapoints(activation, conv_mode)
+
+
+def _check_rank(activation: torch.Tensor, kind: LayoutKind) -> None:
+    """Raise unless ``activation`` has a rank that ``kind`` can lay out."""
+    rank = activation.dim()
+    if kind == "sequence":
+        _check_sequence(activation)
+    elif not ((kind == "auto" and rank == 2) or rank in _CONV_RANKS):
+        expected = "2 (dense) or 3 to 5 (convolution)" if kind == "auto" else "3 to 5"
+        raise ValueError(
+            f"Cannot lay out an activation of shape {tuple(activation.shape)} with "
+            f"kind={kind!r}: expected rank {expected} with the batch first. Pass "
+            "kind='sequence' for (N, T, H) sequences."
+        )
 
 
 def _conv_to_datapoints(activation: torch.Tensor, conv_mode: ConvMode) -> torch.Tensor:
@@ -550,6 +562,19 @@ def _conv_to_datapoints(activation: torch.Tensor, conv_mode: ConvMode) -> torch.
 def _positions(activation: torch.Tensor) -> torch.Tensor:
     """``(N, C, *spatial) -> (N * prod(spatial), C)``, example-major; see :data:`ConvMode`."""
     return activation.movedim(1, -1).reshape(-1, activation.shape[1]).contiguous()
+
+
+def _check_rows(rows: object, num_rows: int) -> None:
+    """Raise unless ``rows`` is a 1-D integer tensor of indices in ``[0, num_rows)``."""
+    if not isinstance(rows, torch.Tensor) or rows.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"rows must be an int32 or int64 tensor of row indices, got {rows!r}")
+    if rows.dim() != 1:
+        raise ValueError(f"rows must be 1-D, got shape {tuple(rows.shape)}")
+    if rows.numel() and not (0 <= int(rows.min()) and int(rows.max()) < num_rows):
+        raise ValueError(
+            f"rows must be in [0, {num_rows}), the rows of the laid-out matrix; got values "
+            f"from {int(rows.min())} to {int(rows.max())}"
+        )
 
 
 def _positions_at(activation: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -49,12 +49,14 @@ with many others (every snapshot with the final one) computes them once. Float64
 small offsets are multiplied in place; other inputs are upcast and centered in cache-sized
 chunks, never copied whole. On the CPU, row sums run as one single-threaded task per core and
 the small decompositions on one thread, which keeps them fast when other processes share the
-cores.
+cores. For very large layers, :func:`gram_precision` ``("float32")`` computes the products in
+float32 (about twice as fast on a CPU), at a measured cost in accuracy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 import threading
@@ -72,6 +74,11 @@ Measure = Literal["mean_cca", "svcca", "pwcca", "linear_cka"]
 SvccaCutoff = Literal["variance", "singular_values"]
 
 COMPUTE_DTYPE = torch.float64
+GramPrecision = Literal["float64", "float32"]
+_PRODUCT_DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+_product_dtype: contextvars.ContextVar[torch.dtype] = contextvars.ContextVar(
+    "cca_monitor_product_dtype", default=COMPUTE_DTYPE
+)
 DEFAULT_RTOL = 1e-10
 """Directions with variance below this fraction of the largest are dropped before whitening."""
 MIN_DATAPOINTS_PER_NEURON = 10
@@ -83,6 +90,42 @@ _R = TypeVar("_R")
 _SERIAL_LOCK = threading.Lock()
 _serial_depth = 0
 _saved_threads = 1
+
+
+@contextlib.contextmanager
+def gram_precision(precision: GramPrecision) -> Iterator[None]:
+    """Compute the Gram and cross products of the inputs in ``precision`` inside the block.
+
+    ``"float64"`` (the default everywhere) gives the exact results this module documents.
+    ``"float32"``, meant for very large layers, centers the rows in float32 chunks of about
+    ``CHUNK_BYTES`` and multiplies them in float32, adding the chunks' products in float64.
+    Float32 products take about half the time of float64 ones on a CPU (and far less on most
+    GPUs), but each product entry then carries a relative error of about 1e-7 to 1e-6, which
+    the whitening amplifies by the inputs' condition number: the canonical correlations of
+    well-conditioned inputs move by about 1e-6 (measured values in ``benchmarks/RESULTS.md``).
+    Means, decompositions and results stay float64. The setting is local to the current
+    thread (and asyncio task) and restored on exit.
+
+    Args:
+        precision: ``"float64"`` or ``"float32"``.
+
+    Raises:
+        ValueError: If ``precision`` is neither.
+
+    Example:
+        >>> x, y = torch.randn(1000, 8), torch.randn(1000, 8)
+        >>> with gram_precision("float32"):
+        ...     fast = mean_cca(x, y)
+        >>> abs(fast - mean_cca(x, y)) < 1e-5
+        True
+    """
+    if precision not in _PRODUCT_DTYPES:
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    token = _product_dtype.set(_PRODUCT_DTYPES[precision])
+    try:
+        yield
+    finally:
+        _product_dtype.reset(token)
 
 
 @contextlib.contextmanager
@@ -253,6 +296,9 @@ CHUNK_BYTES = 2**19
 """Rows are upcast and centered in float64 chunks of about this size (cache-resident)."""
 MIN_CHUNK_ROWS = 256
 """Chunks hold at least this many rows, so that each product stays efficient."""
+FLOAT32_CHUNK_ROWS = 4096
+"""Float32 chunks hold at least this many rows, so that adding their products in float64 stays
+a small part of the work."""
 GRAM_BLOCK = 256
 """Symmetric products of inputs at least twice this wide are split into column blocks of about
 this width, and only the blocks on and above the diagonal are multiplied: a symmetric rank-k
@@ -270,26 +316,31 @@ def _chunk_rows(total_rows: int, width: int) -> int:
 
 
 def _centered_products(
-    parts: Sequence[tuple[torch.Tensor, torch.Tensor]], pairs: Sequence[tuple[int, int]]
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    pairs: Sequence[tuple[int, int]],
+    dtype: torch.dtype = COMPUTE_DTYPE,
 ) -> list[torch.Tensor]:
     """Float64 ``(a_i - m_i)ᵀ (a_j - m_j)`` for each ``(i, j)`` in ``pairs``, centered first.
 
     Args:
         parts: ``(activations (n, d_i), mean (d_i,))`` for each input, rows aligned.
         pairs: Index pairs into ``parts``.
+        dtype: Precision of the centered rows and their products; the chunks' products are
+            added in float64.
 
-    On the CPU the rows are upcast and centered in one step per chunk, into small float64
-    buffers that stay in cache; elsewhere in one piece.
+    On the CPU the rows are converted and centered in one step per chunk, into small buffers
+    that stay in cache; elsewhere in one piece.
     """
     first = parts[0][0]
     return _sum_over_rows(
-        first.shape[0], first.device, functools.partial(_centered_rows, parts, pairs)
+        first.shape[0], first.device, functools.partial(_centered_rows, parts, pairs, dtype)
     )
 
 
 def _centered_rows(
     parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
     pairs: Sequence[tuple[int, int]],
+    dtype: torch.dtype,
     start: int,
     stop: int,
 ) -> list[torch.Tensor]:
@@ -297,8 +348,10 @@ def _centered_rows(
     first = parts[0][0]
     rows = stop - start
     if first.device.type == "cpu":
-        rows = _chunk_rows(rows, sum(a.shape[1] for a, _ in parts))
-    buffers = [first.new_empty((rows, a.shape[1]), dtype=COMPUTE_DTYPE) for a, _ in parts]
+        chunk = _chunk_rows(rows, sum(a.shape[1] for a, _ in parts))
+        rows = chunk if dtype == COMPUTE_DTYPE else min(rows, max(chunk, FLOAT32_CHUNK_ROWS))
+    buffers = [first.new_empty((rows, a.shape[1]), dtype=dtype) for a, _ in parts]
+    means = [mean.to(dtype) for _, mean in parts]
     totals = [
         first.new_zeros((parts[i][0].shape[1], parts[j][0].shape[1]), dtype=COMPUTE_DTYPE)
         for i, j in pairs
@@ -307,10 +360,13 @@ def _centered_rows(
         size = min(rows, stop - begin)
         centered = [
             torch.sub(a[begin : begin + size], mean, out=buffer[:size])
-            for (a, mean), buffer in zip(parts, buffers, strict=True)
+            for (a, _), mean, buffer in zip(parts, means, buffers, strict=True)
         ]
         for total, (i, j) in zip(totals, pairs, strict=True):
-            total.addmm_(centered[i].T, centered[j])
+            if dtype == COMPUTE_DTYPE:
+                total.addmm_(centered[i].T, centered[j])
+            else:
+                total += centered[i].T @ centered[j]
     return totals
 
 
@@ -522,9 +578,13 @@ def _scatter_products(
     """Centered float64 products of the representations, ``(i, j)`` for each pair.
 
     Each representation either appears as ``(i, i)`` in ``pairs`` or has its scatter already.
-    Float64 inputs with small offsets are multiplied in place, the others centered in chunks.
+    Float64 inputs with small offsets are multiplied in place, the others centered in chunks;
+    under ``gram_precision("float32")`` every input is centered in float32 chunks.
     """
     parts = [(r.activations, r.mean) for r in reps]
+    dtype = _product_dtype.get()
+    if dtype != COMPUTE_DTYPE:
+        return _centered_products(parts, pairs, dtype)
     if all(r.activations.dtype == COMPUTE_DTYPE and r._small_offsets is not False for r in reps):
         totals = _uncentered_products(parts, pairs)
         scatters = {i: total for total, (i, j) in zip(totals, pairs, strict=True) if i == j}

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -62,18 +62,19 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Write ``path`` through a temporary file in the same directory, then rename it.
 
     The temporary file starts with a dot and ends in ``.tmp``, so it never matches a snapshot
-    name; it is removed if ``write`` fails.
+    name; it is removed if ``write`` fails. It is created like any file (permissions from the
+    process umask), not private as ``tempfile.mkstemp`` would make it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp_path = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(handle, "wb") as file:
+        with open(temp_path, "xb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp_name, path)
+        os.replace(temp_path, path)
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        temp_path.unlink(missing_ok=True)
         raise
 
 

@@ -334,6 +334,24 @@ def test_resume_continues_the_snapshot_series(tmp_path):
     assert final_steps == [0, 4, 8, 12, 16]
 
 
+def test_a_fresh_fit_after_a_resumed_one_starts_its_own_series(tmp_path):
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    monitor = CCAMonitor(every_n_train_steps=4)
+    train, val = tiny_loaders()
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=1, callbacks=[monitor, checkpoint], enable_checkpointing=True
+    )
+    trainer.fit(TinyConvNet(), train, val)
+    first_run = monitor.run_dir
+    trainer = tiny_trainer(tmp_path, max_epochs=2, callbacks=[monitor])
+    trainer.fit(TinyConvNet(), train, val, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert monitor.run_dir == first_run
+    trainer = tiny_trainer(tmp_path, max_epochs=1, callbacks=[monitor])
+    trainer.fit(TinyConvNet(), train, val)
+    assert monitor.run_dir != first_run
+    assert monitor.store.steps() == [0, 4, 8]
+
+
 def test_resume_with_another_probe_is_an_error(tmp_path):
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     train, val = tiny_loaders()

@@ -63,6 +63,19 @@ def test_report_without_snapshots_explains(tmp_path):
         main(["report", str(tmp_path)])
 
 
+def test_report_with_a_missing_reference_step_explains(demo_run):
+    _, run_dir = demo_run
+    with pytest.raises(SystemExit, match=r"--reference-step 5 is not a stored step; steps: \[0"):
+        main(["report", str(run_dir), "--reference-step", "5"])
+
+
+@pytest.mark.parametrize("threshold", ["-1", "1.5"])
+def test_report_threshold_outside_zero_one_is_rejected(threshold, capsys):
+    with pytest.raises(SystemExit):
+        main(["report", ".", "--threshold", threshold])
+    assert "must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_unknown_measure_is_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["report", ".", "--measures", "cosine"])

@@ -204,6 +204,23 @@ def test_rows_selects_those_rows_of_the_whole_layout(shape, kind, conv_mode):
     assert chosen.is_contiguous()
 
 
+@pytest.mark.parametrize(
+    ("rows", "error", "match"),
+    [
+        (torch.tensor([True, False, True]), TypeError, "int32 or int64 tensor"),
+        ([0, 1], TypeError, "int32 or int64 tensor"),
+        (torch.tensor([[0, 1]]), ValueError, "1-D"),
+        (torch.tensor([-1]), ValueError, r"in \[0, 100\)"),
+        (torch.tensor([100]), ValueError, r"in \[0, 100\)"),
+    ],
+    ids=["bool-mask", "list", "2-d", "negative", "too-large"],
+)
+@pytest.mark.parametrize("shape", [(4, 5, 5, 5), (100, 3)], ids=["conv", "dense"])
+def test_bad_rows_are_rejected_the_same_way_for_every_layout(shape, rows, error, match):
+    with pytest.raises(error, match=match):
+        to_datapoints(torch.randn(*shape), rows=rows)
+
+
 def test_rows_and_max_rows_are_exclusive():
     with pytest.raises(ValueError, match="either max_rows or rows"):
         to_datapoints(torch.randn(4, 3), max_rows=2, rows=torch.tensor([0, 1]))

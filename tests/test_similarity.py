@@ -667,3 +667,61 @@ def test_no_linalg_error_escapes(measure, monkeypatch):
     x, y = _pair(300, 5, 4, torch.float64, 0)
     with pytest.warns(RuntimeWarning, match="returning NaN"):
         assert math.isnan(sim.MEASURES[measure](x, y))
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 products (gram_precision)
+
+
+def _recorded_product_dtypes(monkeypatch) -> list[torch.dtype]:
+    """Record the precision every chunk of centered rows is multiplied in."""
+    dtypes = []
+    original = sim._centered_rows
+
+    def recording(parts, pairs, dtype, start, stop):
+        dtypes.append(dtype)
+        return original(parts, pairs, dtype, start, stop)
+
+    monkeypatch.setattr(sim, "_centered_rows", recording)
+    return dtypes
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0], ids=["small-offsets", "large-offsets"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("measure", sorted(sim.MEASURES), ids=sorted(sim.MEASURES))
+def test_float32_products_stay_close_to_the_exact_measures(measure, dtype, offset, seed):
+    x, y = _pair(3000, 12, 9, dtype, seed)
+    x = x + offset
+    exact = sim.MEASURES[measure](x, y)
+    with sim.gram_precision("float32"):
+        fast = sim.MEASURES[measure](x, y)
+    assert fast == pytest.approx(exact, abs=1e-5)
+
+
+def test_float32_products_are_float32_in_every_task(monkeypatch, seed):
+    monkeypatch.setattr(sim, "MIN_ROWS_PER_TASK", 64)
+    dtypes = _recorded_product_dtypes(monkeypatch)
+    x, y = _pair(1000, 6, 5, torch.float64, seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two row ranges in two worker threads
+    try:
+        with sim.gram_precision("float32"):
+            sim.mean_cca(x, y)
+    finally:
+        torch.set_num_threads(threads)
+    assert dtypes == [torch.float32, torch.float32]
+    dtypes.clear()
+    sim.mean_cca(x + 300.0, y)  # the default again: a centered product in float64
+    assert dtypes
+    assert set(dtypes) == {torch.float64}
+
+
+def test_gram_precision_is_restored_after_an_error():
+    with pytest.raises(RuntimeError, match="inside"), sim.gram_precision("float32"):
+        raise RuntimeError("inside")
+    assert sim._product_dtype.get() == torch.float64
+
+
+def test_gram_precision_rejects_other_values():
+    with pytest.raises(ValueError, match="'float64' or 'float32'"), sim.gram_precision("half"):
+        pass

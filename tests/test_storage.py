@@ -1,6 +1,8 @@
 import csv
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 
@@ -138,6 +140,19 @@ def test_interrupted_write_leaves_the_previous_file_and_no_temporary(store, monk
     assert sorted(p.name for p in store.directory.iterdir()) == ["step_00000004.pt"]
     monkeypatch.undo()
     torch.testing.assert_close(store.read_layer(4, "fc"), torch.zeros(3, 2))
+
+
+def test_files_get_the_permissions_of_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        store = storage.SnapshotStore(tmp_path / "snapshots")
+        path = store.write(0, {"fc": torch.zeros(3, 2)})
+        store.write_metadata({"a": 1})
+        results = storage.write_results([], tmp_path / "results")
+    finally:
+        os.umask(previous)
+    for written in [path, store.directory / "metadata.json", *results]:
+        assert stat.S_IMODE(written.stat().st_mode) == 0o644, written
 
 
 def test_write_raises_oserror_when_the_directory_cannot_be_made(tmp_path):
