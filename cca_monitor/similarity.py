@@ -165,8 +165,6 @@ def _one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-MIN_NEURONS_SIDE_BY_SIDE = 128
-"""Both sides' decompositions run as parallel tasks when each has at least this many neurons."""
 MIN_ROWS_PER_TASK = 4096
 """Row sums over fewer rows than this per core run in one task."""
 
@@ -187,22 +185,6 @@ def _sum_over_rows(
     with _serial(), ThreadPoolExecutor(tasks) as pool:
         partials = list(pool.map(work, edges[:-1], edges[1:]))
     return [functools.reduce(torch.add, terms) for terms in zip(*partials, strict=True)]
-
-
-def _side_by_side(
-    first: Callable[[], _R], second: Callable[[], _R], *, device: torch.device, large: bool
-) -> tuple[_R, _R]:
-    """``(first(), second())``; on the CPU and when ``large``, as two single-threaded tasks.
-
-    For the two sides' decompositions (Cholesky factors, eigendecompositions), which are
-    chains of small steps that gain little from threads inside each. Small ones run in turn:
-    starting the tasks would cost more than they save.
-    """
-    if device.type != "cpu" or torch.get_num_threads() < 2 or not large:
-        return first(), second()
-    with _serial(), ThreadPoolExecutor(2) as pool:
-        pending = pool.submit(second)
-        return first(), pending.result()
 
 
 def _nan_on_linalg_error(fn: Callable[_P, float]) -> Callable[_P, float]:
@@ -778,13 +760,8 @@ class PairMoments:
         """(d, k) whitening of each side, reduced to SVCCA's leading directions if asked."""
         self._require_data()
         self._check_sample_size()
-        wx, wy = _side_by_side(
-            functools.partial(self._reduced_whitening, "x", keep_x, cutoff),
-            functools.partial(self._reduced_whitening, "y", keep_y, cutoff),
-            device=self.scatter_xy.device,
-            large=min(self.scatter_xy.shape) >= MIN_NEURONS_SIDE_BY_SIDE,
-        )
-        return wx, wy
+        wx = self._reduced_whitening("x", keep_x, cutoff)
+        return wx, self._reduced_whitening("y", keep_y, cutoff)
 
     def _reduced_whitening(
         self, side: Literal["x", "y"], keep: float | int | None, cutoff: SvccaCutoff

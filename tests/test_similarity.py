@@ -635,21 +635,6 @@ def test_symmetric_products_in_column_blocks(block, monkeypatch, seed):
     )
 
 
-@pytest.mark.parametrize("measure", ["mean_cca", "svcca"])
-def test_both_sides_decomposed_side_by_side(measure, monkeypatch, seed):
-    monkeypatch.setattr(sim, "MIN_NEURONS_SIDE_BY_SIDE", 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        x, y = _pair(300, 7, 6, torch.float64, seed)
-        ours = sim.MEASURES[measure](x, y)
-        assert torch.get_num_threads() == 2, "the thread count is restored"
-    finally:
-        torch.set_num_threads(threads)
-    monkeypatch.setattr(sim, "MIN_NEURONS_SIDE_BY_SIDE", 10**6)
-    assert ours == pytest.approx(sim.MEASURES[measure](x, y), abs=1e-13)
-
-
 def test_thread_count_restored_after_an_error():
     threads = torch.get_num_threads()
     with pytest.raises(ValueError, match="non-finite"):
