@@ -9,6 +9,7 @@ files are :class:`cca_monitor.storage.SnapshotStore`, distances come from
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from cca_monitor.convergence import (
     report_problems,
     snapshot_distances,
 )
-from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode
+from cca_monitor.layout import DEFAULT_MAX_ROWS, ConvMode, check_layout_arguments
 from cca_monitor.records import DistanceRecord
 from cca_monitor.report import log_records, write_report
 from cca_monitor.schedule import evenly_spaced, every_n_steps
@@ -101,6 +102,7 @@ class MonitorLogic:
         self.num_snapshots = num_snapshots
         self.probe_size = probe_size
         self.probe_batch_size = probe_batch_size
+        check_layout_arguments(conv_mode=conv_mode, max_rows=max_rows, seed=seed)
         self.capture_options = {"conv_mode": conv_mode, "max_rows": max_rows, "seed": seed}
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.convergence_threshold = convergence_threshold
@@ -445,7 +447,7 @@ class CCAMonitor(MonitorLogic, Callback):
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -274,6 +275,11 @@ def test_default_layer_wider_than_probe_is_dropped_with_warning(tmp_path):
         ({"probe_size": 1.5}, TypeError, "probe_size must be an int"),
         ({"convergence_threshold": 2.0}, ValueError, r"\[0, 1\]"),
         ({"probe": [1, 2, 3]}, TypeError, "probe must be a tensor"),
+        ({"probe_batch_size": 0}, ValueError, "probe_batch_size must be >= 1"),
+        ({"probe_batch_size": "8"}, TypeError, "probe_batch_size must be an int"),
+        ({"conv_mode": "dft"}, ValueError, "conv_mode must be one of"),
+        ({"max_rows": 0}, ValueError, "max_rows must be >= 1"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
     ],
     ids=[
         "unknown-measure",
@@ -288,6 +294,11 @@ def test_default_layer_wider_than_probe_is_dropped_with_warning(tmp_path):
         "probe-size-float",
         "threshold",
         "probe-list",
+        "probe-batch-zero",
+        "probe-batch-str",
+        "conv-mode",
+        "max-rows",
+        "seed",
     ],
 )
 def test_bad_arguments_fail_in_init(kwargs, error, match):
@@ -370,6 +381,13 @@ def test_resume_with_another_probe_is_an_error(tmp_path):
         trainer.fit(TinyConvNet(), train, val, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
 
 
+def test_numpy_integers_are_accepted_as_sizes():
+    monitor = CCAMonitor(
+        num_snapshots=np.int64(5), probe_size=np.int32(64), probe_batch_size=np.int64(8)
+    )
+    assert monitor.num_snapshots == 5
+
+
 def test_state_key_depends_on_configuration():
     assert CCAMonitor(layers=["fc1"]).state_key != CCAMonitor(layers=["fc2"]).state_key
     assert CCAMonitor().state_key == CCAMonitor().state_key
@@ -443,8 +461,6 @@ class _AugmentedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         import random
-
-        import numpy as np
 
         x, y = self.data[index]
         noise = 0.1 * torch.randn_like(x) + random.random() * 0.01 + float(np.random.rand()) * 0.01
