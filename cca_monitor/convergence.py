@@ -13,10 +13,11 @@ from the reference: every snapshot of a layer is weighed by the same final struc
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 
 from cca_monitor.records import DistanceRecord, Reference
 from cca_monitor.similarity import (
+    ConstantInputWarning,
     Measure,
     PairMoments,
     Representation,
@@ -32,7 +34,9 @@ from cca_monitor.similarity import (
 )
 from cca_monitor.storage import SnapshotStore
 
-_SIDE_PREFIX = re.compile(r"^[xy] (?=has |contains )")
+_LAYER_PROBLEMS = (SampleSizeWarning, ConstantInputWarning)
+"""Warnings of the similarity functions that are reported per layer, as problems."""
+_SIDE_PREFIX = re.compile(r"^(?:[xy]|x or y) (?=has |contains )")
 """The side named by a similarity message, meaningless once the layer is named instead."""
 
 
@@ -57,8 +61,7 @@ def layer_distances(
         message per reason, for the caller to report once.
     """
     problems: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SampleSizeWarning)
+    with _collected_problems(problems):
         try:
             moments = PairMoments.between(
                 _representation(reference, "x"), _representation(snapshot, "y")
@@ -67,8 +70,23 @@ def layer_distances(
         except (ValueError, torch.linalg.LinAlgError) as error:
             problems.append(str(error))
             values = dict.fromkeys(measures, math.nan)
-    problems.extend(str(w.message) for w in caught if issubclass(w.category, SampleSizeWarning))
     return values, list(dict.fromkeys(problems))
+
+
+@contextlib.contextmanager
+def _collected_problems(problems: list[str]) -> Iterator[None]:
+    """Collect the similarity functions' per-layer warnings into ``problems``; others pass on."""
+    with warnings.catch_warnings(record=True) as caught:
+        for category in _LAYER_PROBLEMS:
+            warnings.simplefilter("always", category)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, _LAYER_PROBLEMS):
+            problems.append(str(warning.message))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
 
 
 def _representation(activations: torch.Tensor | Representation, name: str) -> Representation:
@@ -343,11 +361,15 @@ def noise_floors(
     floors: dict[str, dict[str, float]] = {measure: {} for measure in measures}
     problems: dict[str, list[str]] = {}
     for layer, activations in store.read(step).items():
-        try:
-            similarity = _shuffled_similarities(activations, measures, repeats, seed)
-        except (ValueError, torch.linalg.LinAlgError) as error:
-            problems.setdefault(layer, []).append(str(error))
-            similarity = dict.fromkeys(measures, math.nan)
+        layer_problems = problems.setdefault(layer, [])
+        with _collected_problems(layer_problems):
+            try:
+                similarity = _shuffled_similarities(activations, measures, repeats, seed)
+            except (ValueError, torch.linalg.LinAlgError) as error:
+                layer_problems.append(str(error))
+                similarity = dict.fromkeys(measures, math.nan)
+        if not layer_problems:
+            del problems[layer]
         for measure in measures:
             floors[measure][layer] = 1.0 - similarity[measure]
     report_problems(problems)

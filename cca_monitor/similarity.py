@@ -205,6 +205,10 @@ class SampleSizeWarning(UserWarning):
     """Too few datapoints per neuron for unbiased canonical correlations."""
 
 
+class ConstantInputWarning(UserWarning):
+    """An input has no varying neuron: CCA similarities are 0 and linear CKA is NaN for it."""
+
+
 def _checked(a: ArrayLike, name: str) -> torch.Tensor:
     """Return ``a`` as a tensor of shape (num_datapoints, num_neurons), checked, not copied."""
     if isinstance(a, np.ndarray):
@@ -745,7 +749,14 @@ class PairMoments:
                     "representations have all canonical correlations equal to 1); use more "
                     "probe inputs, conv positions as datapoints, or fewer neurons"
                 )
-            if self.count < MIN_DATAPOINTS_PER_NEURON * active:
+            if active == 0:
+                warnings.warn(
+                    f"{side} has no varying neuron (constant activations, e.g. a dead layer): "
+                    "it has no canonical correlations, and its CCA similarity is 0",
+                    ConstantInputWarning,
+                    stacklevel=4,
+                )
+            elif self.count < MIN_DATAPOINTS_PER_NEURON * active:
                 warnings.warn(
                     f"{side} has {self.count} datapoints for {active} neurons "
                     f"(< {MIN_DATAPOINTS_PER_NEURON} per neuron): canonical correlations are "
@@ -850,6 +861,12 @@ class PairMoments:
             self.scatter_yy
         )
         if denominator == 0:
+            warnings.warn(
+                "x or y has no varying neuron (constant activations, e.g. a dead layer): "
+                "linear CKA is undefined (NaN)",
+                ConstantInputWarning,
+                stacklevel=3,
+            )
             return math.nan
         value = torch.linalg.matrix_norm(self.scatter_xy) ** 2 / denominator
         return float(value.clamp(0, 1))
@@ -893,6 +910,8 @@ def _mean(values: torch.Tensor) -> float:
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float:
+    if not values.numel():
+        return 0.0  # no canonical correlation (a constant input), as for the plain mean
     total = weights.sum()
     if not total > 0:
         return math.nan

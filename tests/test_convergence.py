@@ -7,6 +7,7 @@ import torch
 
 from cca_monitor import SnapshotStore
 from cca_monitor.convergence import (
+    LayerWarning,
     analyse_snapshots,
     distances_to_previous,
     distances_to_reference,
@@ -150,3 +151,18 @@ def test_unknown_reference_step_lists_the_steps(store, function):
 def test_empty_store_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no snapshots found"):
         analyse_snapshots(SnapshotStore(tmp_path / "empty"), ["svcca"])
+
+
+def test_a_dead_layer_is_named_in_one_warning(tmp_path):
+    store = SnapshotStore(tmp_path / "snapshots")
+    for step in (0, 1, 2):
+        store.write(step, {"alive": torch.randn(200, 3), "dead": torch.zeros(200, 4)})
+    with pytest.warns(LayerWarning) as caught:
+        analysis = analyse_snapshots(store, ["svcca", "linear_cka"])
+    messages = [str(w.message) for w in caught if "'dead'" in str(w.message)]
+    assert messages
+    assert all("has no varying neuron" in m for m in messages)
+    assert not any("'alive'" in str(w.message) for w in caught)
+    dead = [r for r in analysis.records if r.layer == "dead" and r.reference == "final"]
+    assert {r.distance for r in dead if r.measure == "svcca"} == {1.0}
+    assert all(math.isnan(r.distance) for r in dead if r.measure == "linear_cka")

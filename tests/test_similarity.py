@@ -710,3 +710,15 @@ def test_gram_precision_is_restored_after_an_error():
 def test_gram_precision_rejects_other_values():
     with pytest.raises(ValueError, match="'float64' or 'float32'"), sim.gram_precision("half"):
         pass
+
+
+@pytest.mark.parametrize("measure", sorted(sim.MEASURES), ids=sorted(sim.MEASURES))
+def test_a_constant_input_warns(measure, seed):
+    x, _ = _pair(200, 4, 3, torch.float64, seed)
+    constant = torch.full((200, 3), 2.5, dtype=torch.float64)
+    with pytest.warns(sim.ConstantInputWarning, match="no varying neuron"):
+        value = sim.MEASURES[measure](x, constant)
+    if measure == "linear_cka":
+        assert math.isnan(value)
+    else:
+        assert value == 0.0
