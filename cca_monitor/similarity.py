@@ -47,10 +47,12 @@ neuron warns.
 Performance: a :class:`Representation` keeps one input's moments and whitening, so comparing it
 with many others (every snapshot with the final one) computes them once. Float64 inputs with
 small offsets are multiplied in place; other inputs are upcast and centered in cache-sized
-chunks, never copied whole. On the CPU, row sums run as one single-threaded task per core and
-the small decompositions on one thread, which keeps them fast when other processes share the
-cores. For very large layers, :func:`gram_precision` ``("float32")`` computes the products in
-float32 (about twice as fast on a CPU), at a measured cost in accuracy.
+chunks, never copied whole. On the CPU, products and decompositions go through numpy's BLAS
+and LAPACK (symmetric products as rank-k updates, which torch lacks); row sums run as one
+single-threaded task per core, the two sides' decompositions side by side, each on one
+thread, which keeps them fast when other processes share the cores. For very large layers,
+:func:`gram_precision` ``("float32")`` computes the products in float32 (about twice as fast
+on a CPU), at a measured cost in accuracy.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 ArrayLike = torch.Tensor | np.ndarray
 Measure = Literal["mean_cca", "svcca", "pwcca", "linear_cka"]
@@ -89,7 +92,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _SERIAL_LOCK = threading.Lock()
 _serial_depth = 0
-_saved_threads = 1
+_saved_threads: tuple[int, list[int]] = (1, [])
 
 
 @contextlib.contextmanager
@@ -129,21 +132,32 @@ def gram_precision(precision: GramPrecision) -> Iterator[None]:
         _product_dtype.reset(token)
 
 
+@functools.cache
+def _blas_libraries() -> list[Any]:
+    """Controllers (threadpoolctl's) of the BLAS libraries loaded in the process: numpy's."""
+    return ThreadpoolController().select(user_api="blas").lib_controllers
+
+
 @contextlib.contextmanager
 def _serial() -> Iterator[None]:
-    """One intra-op CPU thread inside, the previous count restored after the outermost exit.
+    """One intra-op CPU thread for torch and numpy's BLAS inside, restored after the outermost exit.
 
     Work here is either small, or split by :func:`_sum_over_rows` into one task per core.
     Torch's own threading cuts every operation into short parallel regions, which gain little
     on (num_neurons, num_neurons) matrices and small chunks, and which stall for a scheduler
     time slice at every barrier when other processes share the cores (an eigh of a 512 x 512
-    matrix took 0.03 s on one thread and 6 s on two on such a machine).
+    matrix took 0.03 s on one thread and 6 s on two on such a machine). With one BLAS thread,
+    numpy's products run in the calling thread, and no BLAS worker threads keep spinning on
+    the cores after them (which slowed torch work right after a product 2.5-fold). Both
+    settings are process-wide while inside.
     """
     global _serial_depth, _saved_threads
     with _SERIAL_LOCK:
         if _serial_depth == 0:
-            _saved_threads = torch.get_num_threads()
+            _saved_threads = torch.get_num_threads(), [b.num_threads for b in _blas_libraries()]
             torch.set_num_threads(1)
+            for library in _blas_libraries():
+                library.set_num_threads(1)
         _serial_depth += 1
     try:
         yield
@@ -151,7 +165,10 @@ def _serial() -> Iterator[None]:
         with _SERIAL_LOCK:
             _serial_depth -= 1
             if _serial_depth == 0:
-                torch.set_num_threads(_saved_threads)
+                torch_threads, blas_threads = _saved_threads
+                torch.set_num_threads(torch_threads)
+                for library, threads in zip(_blas_libraries(), blas_threads, strict=True):
+                    library.set_num_threads(threads)
 
 
 def _one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -165,6 +182,8 @@ def _one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+MIN_NEURONS_SIDE_BY_SIDE = 128
+"""Both sides' decompositions run as parallel tasks when each has at least this many neurons."""
 MIN_ROWS_PER_TASK = 4096
 """Row sums over fewer rows than this per core run in one task."""
 
@@ -178,13 +197,33 @@ def _sum_over_rows(
     products). Each task runs single-threaded, so the cores work without synchronising until
     the partial results are added.
     """
-    tasks = min(torch.get_num_threads(), total_rows // MIN_ROWS_PER_TASK)
-    if device.type != "cpu" or tasks < 2:
+    if device.type != "cpu":
         return work(0, total_rows)
-    edges = [round(k * total_rows / tasks) for k in range(tasks + 1)]
-    with _serial(), ThreadPoolExecutor(tasks) as pool:
-        partials = list(pool.map(work, edges[:-1], edges[1:]))
+    tasks = min(torch.get_num_threads(), total_rows // MIN_ROWS_PER_TASK)
+    with _serial():
+        if tasks < 2:
+            return work(0, total_rows)
+        edges = [round(k * total_rows / tasks) for k in range(tasks + 1)]
+        with ThreadPoolExecutor(tasks) as pool:
+            partials = list(pool.map(work, edges[:-1], edges[1:]))
     return [functools.reduce(torch.add, terms) for terms in zip(*partials, strict=True)]
+
+
+def _side_by_side(
+    first: Callable[[], _R], second: Callable[[], _R], *, device: torch.device, large: bool
+) -> tuple[_R, _R]:
+    """``(first(), second())``; on the CPU and when ``large``, as two single-threaded tasks.
+
+    For the two sides' decompositions (Cholesky factors and their inverses,
+    eigendecompositions), chains of small steps that gain little from threads inside each
+    (512 neurons on two idle AMD EPYC cores: 16.6 ms side by side against 24.3 ms in turn).
+    Small ones run in turn: starting the tasks would cost more than they save.
+    """
+    if device.type != "cpu" or torch.get_num_threads() < 2 or not large:
+        return first(), second()
+    with _serial(), ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(second)
+        return first(), pending.result()
 
 
 def _nan_on_linalg_error(fn: Callable[_P, float]) -> Callable[_P, float]:
@@ -210,7 +249,7 @@ class ConstantInputWarning(UserWarning):
 
 
 def _checked(a: ArrayLike, name: str) -> torch.Tensor:
-    """Return ``a`` as a tensor of shape (num_datapoints, num_neurons), checked, not copied."""
+    """``a`` as a tensor of shape (num_datapoints, num_neurons), checked, detached, not copied."""
     if isinstance(a, np.ndarray):
         a = torch.from_numpy(a)
     if not isinstance(a, torch.Tensor):
@@ -222,7 +261,7 @@ def _checked(a: ArrayLike, name: str) -> torch.Tensor:
         )
     if not (a.is_floating_point() or a.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    return a
+    return a.detach()
 
 
 def _raise_if_not_finite(a: torch.Tensor, name: str) -> None:
@@ -286,11 +325,6 @@ MIN_CHUNK_ROWS = 256
 FLOAT32_CHUNK_ROWS = 4096
 """Float32 chunks hold at least this many rows, so that adding their products in float64 stays
 a small part of the work."""
-GRAM_BLOCK = 256
-"""Symmetric products of inputs at least twice this wide are split into column blocks of about
-this width, and only the blocks on and above the diagonal are multiplied: a symmetric rank-k
-update, which torch does not expose (on two idle cores, 10,000 x 512: 26 ms against 39 ms;
-narrower blocks lose more to their lower efficiency than they save)."""
 OFFSET_LIMIT = 1.0
 """Float64 inputs whose column means are at most ``sqrt(OFFSET_LIMIT)`` standard deviations are
 multiplied uncentered, without a copy, and corrected by ``n m mᵀ``; their rounding error is then
@@ -300,6 +334,72 @@ at most ``1 + OFFSET_LIMIT`` times that of centered data. Larger offsets are cen
 def _chunk_rows(total_rows: int, width: int) -> int:
     """Rows per chunk so that ``width`` float64 columns fill about ``CHUNK_BYTES``."""
     return max(1, min(total_rows, max(MIN_CHUNK_ROWS, CHUNK_BYTES // (8 * max(width, 1)))))
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+
+
+def _blas_layout(a: torch.Tensor) -> bool:
+    """Whether numpy hands the 2-D tensor ``a`` to BLAS as it is (rows or columns unit-strided)."""
+    rows, cols = a.shape
+    return rows * cols > 0 and (
+        (a.stride(1) == 1 and a.stride(0) >= cols) or (a.stride(0) == 1 and a.stride(1) >= rows)
+    )
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of 2-D tensors, in their dtype.
+
+    On the CPU, float32 and float64 matrices are multiplied by numpy's matmul, i.e. its BLAS,
+    without a copy: it computes ``aᵀ a`` (the two sharing their data) as a symmetric rank-k
+    update, half the work of a general product, which torch does not expose; and its general
+    products measured up to 1.4 times as fast as torch's (``benchmarks/RESULTS.md``). Other
+    dtypes, layouts BLAS cannot take as they are, and other devices use torch.
+    """
+    numpy_ok = a.device.type == "cpu" and a.dtype == b.dtype in _NUMPY_DTYPES
+    if numpy_ok and _blas_layout(a) and _blas_layout(b):
+        return torch.from_numpy(a.numpy() @ b.numpy())
+    return a @ b
+
+
+def _by_numpy(matrix: torch.Tensor) -> bool:
+    """Whether the decompositions of ``matrix`` run through numpy's LAPACK (CPU, float64)."""
+    return matrix.device.type == "cpu" and matrix.dtype == torch.float64
+
+
+def _numpy_lapack(function: Callable[..., Any], matrix: torch.Tensor, **kwargs: Any) -> Any:
+    """``function(matrix as numpy, **kwargs)``; numpy's ``LinAlgError`` raised as torch's."""
+    try:
+        return function(matrix.numpy(), **kwargs)
+    except np.linalg.LinAlgError as error:
+        raise torch.linalg.LinAlgError(str(error)) from error
+
+
+def _eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending eigenvalues and eigenvectors of a symmetric (d, d) matrix.
+
+    On the CPU (float64) by numpy's LAPACK, whose decompositions of (512, 512) matrices on
+    one thread measured 1.2 to 1.3 times as fast as torch's (eigh, SVD); elsewhere by torch.
+    """
+    if _by_numpy(matrix):
+        values, vectors = _numpy_lapack(np.linalg.eigh, matrix)
+        return torch.from_numpy(values), torch.from_numpy(vectors)
+    return torch.linalg.eigh(matrix)
+
+
+def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD ``(u, s, vh)`` of a 2-D matrix, singular values descending (see :func:`_eigh`)."""
+    if _by_numpy(matrix):
+        u, s, vh = _numpy_lapack(np.linalg.svd, matrix, full_matrices=False)
+        return torch.from_numpy(u), torch.from_numpy(s), torch.from_numpy(vh)
+    return torch.linalg.svd(matrix, full_matrices=False)
+
+
+def _svdvals(matrix: torch.Tensor) -> torch.Tensor:
+    """Singular values of a 2-D matrix, descending (see :func:`_eigh`)."""
+    if _by_numpy(matrix):
+        return torch.from_numpy(_numpy_lapack(np.linalg.svd, matrix, compute_uv=False))
+    return torch.linalg.svdvals(matrix)
 
 
 def _centered_products(
@@ -315,8 +415,8 @@ def _centered_products(
         dtype: Precision of the centered rows and their products; the chunks' products are
             added in float64.
 
-    On the CPU the rows are converted and centered in one step per chunk, into small buffers
-    that stay in cache; elsewhere in one piece.
+    On the CPU the rows are converted and centered in one step per chunk, side by side in one
+    small buffer that stays in cache; elsewhere in one piece.
     """
     first = parts[0][0]
     return _sum_over_rows(
@@ -331,48 +431,36 @@ def _centered_rows(
     start: int,
     stop: int,
 ) -> list[torch.Tensor]:
-    """The products of :func:`_centered_products` over rows ``start:stop``."""
+    """The products of :func:`_centered_products` over rows ``start:stop``.
+
+    The inputs' centered rows stand side by side in one buffer. When every input's own
+    product is asked for, one symmetric product of the buffer gives all the blocks at once
+    (the floor's shape); otherwise each pair is multiplied from its columns.
+    """
     first = parts[0][0]
+    widths = [a.shape[1] for a, _ in parts]
+    bounds = [(sum(widths[:k]), sum(widths[: k + 1])) for k in range(len(widths))]
     rows = stop - start
     if first.device.type == "cpu":
-        chunk = _chunk_rows(rows, sum(a.shape[1] for a, _ in parts))
+        chunk = _chunk_rows(rows, sum(widths))
         rows = chunk if dtype == COMPUTE_DTYPE else min(rows, max(chunk, FLOAT32_CHUNK_ROWS))
-    buffers = [first.new_empty((rows, a.shape[1]), dtype=dtype) for a, _ in parts]
+    buffer = first.new_empty((rows, sum(widths)), dtype=dtype)
     means = [mean.to(dtype) for _, mean in parts]
-    totals = [
-        first.new_zeros((parts[i][0].shape[1], parts[j][0].shape[1]), dtype=COMPUTE_DTYPE)
-        for i, j in pairs
-    ]
+    totals = [first.new_zeros((widths[i], widths[j]), dtype=COMPUTE_DTYPE) for i, j in pairs]
+    stacked = all((i, i) in pairs for i in range(len(parts)))
     for begin in range(start, stop, rows):
-        size = min(rows, stop - begin)
-        centered = [
-            torch.sub(a[begin : begin + size], mean, out=buffer[:size])
-            for (a, _), mean, buffer in zip(parts, means, buffers, strict=True)
-        ]
-        for total, (i, j) in zip(totals, pairs, strict=True):
-            if i == j and centered[i].shape[1] >= 2 * GRAM_BLOCK:
-                total += _symmetric_gram(centered[i])
-            elif dtype == COMPUTE_DTYPE:
-                total.addmm_(centered[i].T, centered[j])
-            else:
-                total += centered[i].T @ centered[j]
+        centered = buffer[: min(rows, stop - begin)]
+        columns = [centered[:, low:high] for low, high in bounds]
+        for (a, _), mean, column in zip(parts, means, columns, strict=True):
+            torch.sub(a[begin : begin + centered.shape[0]], mean, out=column)
+        if stacked:
+            gram = _matmul(centered.T, centered)
+            blocks = [gram[slice(*bounds[i]), slice(*bounds[j])] for i, j in pairs]
+        else:
+            blocks = [_matmul(columns[i].T, columns[j]) for i, j in pairs]
+        for total, block in zip(totals, blocks, strict=True):
+            total += block
     return totals
-
-
-def _symmetric_gram(a: torch.Tensor) -> torch.Tensor:
-    """``aᵀ a`` (d, d) from the products of column blocks on and above the diagonal."""
-    width = a.shape[1]
-    blocks = max(1, width // GRAM_BLOCK)
-    if blocks == 1:
-        return a.T @ a
-    edges = [round(k * width / blocks) for k in range(blocks + 1)]
-    gram = a.new_empty((width, width))
-    for i, (start, stop) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-        for other_start, other_stop in zip(edges[i:-1], edges[i + 1 :], strict=True):
-            block = a[:, start:stop].T @ a[:, other_start:other_stop]
-            gram[start:stop, other_start:other_stop] = block
-            gram[other_start:other_stop, start:stop] = block.T
-    return gram
 
 
 def _uncentered_products(
@@ -380,18 +468,26 @@ def _uncentered_products(
 ) -> list[torch.Tensor]:
     """``a_iᵀ a_j - n m_i m_jᵀ`` for each pair, from float64 inputs as they are (no copy).
 
-    Each product is one large multiplication on torch's threads (a few long parallel regions,
-    unlike the chunked centering of :func:`_centered_products`).
+    On the CPU each core multiplies its own range of rows, on one thread (see
+    :func:`_sum_over_rows`).
     """
     count = parts[0][0].shape[0]
     matrices = [a for a, _ in parts]
-    products = [
-        _symmetric_gram(matrices[i]) if i == j else matrices[i].T @ matrices[j] for i, j in pairs
-    ]
+    products = _sum_over_rows(
+        count, matrices[0].device, functools.partial(_row_products, matrices, pairs)
+    )
     with _serial():
         for product, (i, j) in zip(products, pairs, strict=True):
             product.addr_(parts[i][1], parts[j][1], alpha=-count)
     return products
+
+
+def _row_products(
+    matrices: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]], start: int, stop: int
+) -> list[torch.Tensor]:
+    """``a_iᵀ a_j`` over rows ``start:stop`` for each pair."""
+    rows = [a[start:stop] for a in matrices]
+    return [_matmul(rows[i].T, rows[j]) for i, j in pairs]
 
 
 def _offsets_are_small(scatter: torch.Tensor, mean: torch.Tensor, count: int) -> bool:
@@ -431,7 +527,7 @@ class Spectrum:
     @_one_thread
     def of(cls, scatter: torch.Tensor, rtol: float = DEFAULT_RTOL) -> Spectrum:
         """Decompose a symmetric positive semi-definite (d, d) scatter matrix."""
-        eigenvalues, eigenvectors = torch.linalg.eigh(scatter)
+        eigenvalues, eigenvectors = _eigh(scatter)
         eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
         top = eigenvalues[0].clamp_min(0) if eigenvalues.numel() else scatter.new_zeros(())
         kept = eigenvalues > rtol * top
@@ -771,8 +867,12 @@ class PairMoments:
         """(d, k) whitening of each side, reduced to SVCCA's leading directions if asked."""
         self._require_data()
         self._check_sample_size()
-        wx = self._reduced_whitening("x", keep_x, cutoff)
-        return wx, self._reduced_whitening("y", keep_y, cutoff)
+        return _side_by_side(
+            functools.partial(self._reduced_whitening, "x", keep_x, cutoff),
+            functools.partial(self._reduced_whitening, "y", keep_y, cutoff),
+            device=self.scatter_xy.device,
+            large=min(self.scatter_xy.shape) >= MIN_NEURONS_SIDE_BY_SIDE,
+        )
 
     def _reduced_whitening(
         self, side: Literal["x", "y"], keep: float | int | None, cutoff: SvccaCutoff
@@ -881,12 +981,26 @@ def _svd_failed(wx: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
     return wx.new_full((min(wx.shape[1], wy.shape[1]),), math.nan)
 
 
+def _whitened_cross(wx: torch.Tensor, scatter_xy: torch.Tensor, wy: torch.Tensor) -> torch.Tensor:
+    """(kx, ky) ``Wxᵀ Cxy Wy``, whose singular values are the canonical correlations.
+
+    Large ones are computed as two halves of columns side by side (see :func:`_side_by_side`).
+    """
+    half = wy.shape[1] // 2
+    left, right = _side_by_side(
+        lambda: _matmul(wx.T, _matmul(scatter_xy, wy[:, :half])),
+        lambda: _matmul(wx.T, _matmul(scatter_xy, wy[:, half:])),
+        device=wy.device,
+        large=min(wx.shape[1], half) >= MIN_NEURONS_SIDE_BY_SIDE,
+    )
+    return torch.cat([left, right], dim=1)
+
+
 def _solve_cca(wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor) -> CCAResult:
     kx, ky = wx.shape[1], wy.shape[1]
-    whitened = wx.T @ scatter_xy @ wy
     try:
         with _serial():
-            u, s, vh = torch.linalg.svd(whitened, full_matrices=False)
+            u, s, vh = _svd(_whitened_cross(wx, scatter_xy, wy))
     except torch.linalg.LinAlgError:
         nan = _svd_failed(wx, wy)
         m = nan.numel()
@@ -897,10 +1011,9 @@ def _solve_cca(wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor) -> 
 def _solve_correlations(
     wx: torch.Tensor, wy: torch.Tensor, scatter_xy: torch.Tensor
 ) -> torch.Tensor:
-    whitened = wx.T @ scatter_xy @ wy
     try:
         with _serial():
-            return torch.linalg.svdvals(whitened).clamp(0, 1)
+            return _svdvals(_whitened_cross(wx, scatter_xy, wy)).clamp(0, 1)
     except torch.linalg.LinAlgError:
         return _svd_failed(wx, wy)
 
