@@ -318,10 +318,12 @@ def _check_rtol(rtol: float) -> float:
     return rtol
 
 
-CHUNK_BYTES = 2**19
-"""Rows are upcast and centered in float64 chunks of about this size (cache-resident)."""
-MIN_CHUNK_ROWS = 256
-"""Chunks hold at least this many rows, so that each product stays efficient."""
+CHUNK_BYTES = 3 * 2**19
+"""Rows are upcast and centered in float64 chunks of about this size (1.5 MiB, which stays in
+a core's cache; (256,000, 64 + 64) float32: 86 ms against 121 ms with 0.5 MiB chunks)."""
+MIN_CHUNK_ROWS = 1024
+"""Chunks hold at least this many rows, so that each product stays efficient ((10,000,
+512 + 512) float32: 160 ms against 224 ms with 256 rows)."""
 FLOAT32_CHUNK_ROWS = 4096
 """Float32 chunks hold at least this many rows, so that adding their products in float64 stays
 a small part of the work."""

@@ -588,7 +588,8 @@ def test_between_rejects_mismatched_inputs():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_products_over_many_chunks(dtype, monkeypatch, seed):
-    monkeypatch.setattr(sim, "CHUNK_BYTES", 1024)  # MIN_CHUNK_ROWS rows per chunk
+    monkeypatch.setattr(sim, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(sim, "MIN_CHUNK_ROWS", 64)  # 64 rows per chunk
     x, y = _pair(1000, 6, 5, dtype, seed)
     x = x + 500.0  # a large offset takes the centered path for float64 too
     reference = ref_correlations(x.double().numpy(), y.double().numpy())
@@ -616,6 +617,7 @@ def test_cholesky_whitening_only_when_no_direction_is_dropped(seed):
 def test_products_split_over_cores(dtype, offset, monkeypatch, seed):
     monkeypatch.setattr(sim, "MIN_ROWS_PER_TASK", 64)
     monkeypatch.setattr(sim, "CHUNK_BYTES", 1024)
+    monkeypatch.setattr(sim, "MIN_CHUNK_ROWS", 64)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # three row ranges, each in its own task
     try:
