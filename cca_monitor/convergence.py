@@ -14,8 +14,10 @@ from the reference: every snapshot of a layer is weighed by the same final struc
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from cca_monitor.similarity import (
     Representation,
     SampleSizeWarning,
     check_measures,
+    map_over_ranges,
 )
 from cca_monitor.storage import SnapshotStore
 
@@ -73,20 +76,67 @@ def layer_distances(
     return values, list(dict.fromkeys(problems))
 
 
+_routing = threading.local()
+"""``_routing.problems``: the list collecting this thread's per-layer warnings, if any."""
+_router_installed = False
+"""Whether :func:`_warning_router` is active (in whichever thread installed it)."""
+
+
 @contextlib.contextmanager
 def _collected_problems(problems: list[str]) -> Iterator[None]:
-    """Collect the similarity functions' per-layer warnings into ``problems``; others pass on."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Collect the similarity functions' per-layer warnings into ``problems``; others pass on.
+
+    Inside :func:`_warning_router` (tasks running in parallel) only this thread's collecting
+    list is set; otherwise the router is installed for the duration.
+    """
+    if not _router_installed:
+        with _warning_router(), _collected_problems(problems):
+            yield
+        return
+    outer = getattr(_routing, "problems", None)
+    _routing.problems = problems
+    try:
+        yield
+    finally:
+        _routing.problems = outer
+
+
+@contextlib.contextmanager
+def _warning_router() -> Iterator[None]:
+    """Send each per-layer warning to the collecting list of the thread that raised it.
+
+    Python's ``catch_warnings`` is process-wide and cannot be entered by parallel threads, so
+    it is entered once, here, around the tasks. Other warnings are shown after the context
+    exits, as they would have been without it.
+    """
+    global _router_installed
+    others: list[tuple[Warning | str, type[Warning], str, int]] = []
+
+    def route(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
+        problems = getattr(_routing, "problems", None)
+        if problems is not None and issubclass(category, _LAYER_PROBLEMS):
+            problems.append(str(message))
+        else:
+            others.append((message, category, filename, lineno))
+
+    with warnings.catch_warnings():
         for category in _LAYER_PROBLEMS:
             warnings.simplefilter("always", category)
-        yield
-    for warning in caught:
-        if issubclass(warning.category, _LAYER_PROBLEMS):
-            problems.append(str(warning.message))
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
+        warnings.showwarning = route
+        _router_installed = True
+        try:
+            yield
+        finally:
+            _router_installed = False
+    for message, category, filename, lineno in others:
+        warnings.warn_explicit(message, category, filename, lineno)
 
 
 def _representation(activations: torch.Tensor | Representation, name: str) -> Representation:
@@ -215,20 +265,66 @@ def _distances(
 
     One pass: every snapshot is read and prepared (:func:`prepare_snapshot`) once, so the
     reference's moments and whitening are computed once for all snapshots, and each snapshot's
-    serve both its comparisons. Memory holds the reference, the previous and the current
-    snapshot.
+    serve both its comparisons. The steps are split into consecutive ranges, one
+    single-threaded task per core (:func:`~cca_monitor.similarity.map_over_ranges`), each range
+    after the first reading the snapshot before it once more. Memory holds the reference and,
+    per core, the previous and the current snapshot.
 
     Returns:
         ``(to_reference, to_previous)`` records; the first is empty when ``reference_step`` is
         None, the second when ``to_previous`` is False.
     """
     measures = check_measures(measures)
+    reference = None
+    if reference_step is not None:
+        reference = prepare_snapshot(store.read(reference_step))
+        for activations in reference.values():
+            if isinstance(activations, Representation):
+                activations.prepare()  # shared by the parallel tasks below
+    work = functools.partial(
+        _distances_over_steps, store, steps, measures, reference, reference_step, to_previous
+    )
+    with _warning_router():
+        parts = map_over_ranges(len(steps), work, min_per_task=MIN_STEPS_PER_TASK)
     found: dict[Reference, list[DistanceRecord]] = {"final": [], "previous": []}
     problems: dict[str, list[str]] = {}
-    reference = None if reference_step is None else prepare_snapshot(store.read(reference_step))
-    previous: dict[str, Any] | None = None
-    for step in steps:
-        snapshot = reference if step == reference_step else prepare_snapshot(store.read(step))
+    for part_found, part_problems in parts:
+        for kind, records in part_found.items():
+            found[kind].extend(records)
+        for layer, messages in part_problems.items():
+            problems.setdefault(layer, []).extend(messages)
+    report_problems(problems)
+    return found["final"], found["previous"]
+
+
+MIN_STEPS_PER_TASK = 2
+"""The snapshots are split into one range per core when each range has this many."""
+
+
+def _distances_over_steps(
+    store: SnapshotStore,
+    steps: Sequence[int],
+    measures: Sequence[Measure],
+    reference: Mapping[str, torch.Tensor | Representation] | None,
+    reference_step: int | None,
+    to_previous: bool,
+    start: int,
+    stop: int,
+) -> tuple[dict[Reference, list[DistanceRecord]], dict[str, list[str]]]:
+    """The distances of :func:`_distances` for ``steps[start:stop]``, and their problems.
+
+    A range that does not begin with the first step reads the snapshot before it as its first
+    previous one.
+    """
+    found: dict[Reference, list[DistanceRecord]] = {"final": [], "previous": []}
+    problems: dict[str, list[str]] = {}
+
+    def prepared(step: int) -> Mapping[str, torch.Tensor | Representation]:
+        return reference if step == reference_step else prepare_snapshot(store.read(step))
+
+    previous = prepared(steps[start - 1]) if to_previous and start > 0 else None
+    for step in steps[start:stop]:
+        snapshot = prepared(step)
         bases = {"final": reference, "previous": previous if to_previous else None}
         for kind, base in bases.items():
             if base is None:
@@ -240,8 +336,7 @@ def _distances(
             for layer, messages in step_problems.items():
                 problems.setdefault(layer, []).extend(messages)
         previous = snapshot
-    report_problems(problems)
-    return found["final"], found["previous"]
+    return found, problems
 
 
 @dataclass(frozen=True)

@@ -188,24 +188,45 @@ MIN_ROWS_PER_TASK = 4096
 """Row sums over fewer rows than this per core run in one task."""
 
 
+def map_over_ranges(
+    total: int,
+    work: Callable[[int, int], _R],
+    *,
+    min_per_task: int,
+    device: torch.device | None = None,
+) -> list[_R]:
+    """``work(start, stop)`` over consecutive ranges that cover ``range(total)``, in order.
+
+    On the CPU (``device`` None or a CPU device) the ranges run as one single-threaded task per
+    core (``torch.get_num_threads()`` of them, each at least ``min_per_task`` long), so the
+    cores work without synchronising; elsewhere, or when there is too little work to split,
+    ``[work(0, total)]``. Each task runs in a copy of the caller's context (e.g.
+    :func:`gram_precision`). Tasks started from inside a task run in it, in turn.
+    """
+    if device is not None and device.type != "cpu":
+        return [work(0, total)]
+    tasks = min(torch.get_num_threads(), total // max(min_per_task, 1))
+    with _serial():
+        if tasks < 2:
+            return [work(0, total)]
+        edges = [round(k * total / tasks) for k in range(tasks + 1)]
+        with ThreadPoolExecutor(tasks) as pool:
+            pending = [
+                pool.submit(contextvars.copy_context().run, work, start, stop)
+                for start, stop in zip(edges[:-1], edges[1:], strict=True)
+            ]
+            return [task.result() for task in pending]
+
+
 def _sum_over_rows(
     total_rows: int, device: torch.device, work: Callable[[int, int], list[torch.Tensor]]
 ) -> list[torch.Tensor]:
-    """``work(0, total_rows)``, computed on the CPU as one task per core over row ranges.
+    """``work(0, total_rows)``, computed as the sum of its parts over row ranges.
 
     ``work(start, stop)`` returns tensors that add up over disjoint row ranges (sums,
-    products). Each task runs single-threaded, so the cores work without synchronising until
-    the partial results are added.
+    products); on the CPU each core computes its own ranges' (:func:`map_over_ranges`).
     """
-    if device.type != "cpu":
-        return work(0, total_rows)
-    tasks = min(torch.get_num_threads(), total_rows // MIN_ROWS_PER_TASK)
-    with _serial():
-        if tasks < 2:
-            return work(0, total_rows)
-        edges = [round(k * total_rows / tasks) for k in range(tasks + 1)]
-        with ThreadPoolExecutor(tasks) as pool:
-            partials = list(pool.map(work, edges[:-1], edges[1:]))
+    partials = map_over_ranges(total_rows, work, min_per_task=MIN_ROWS_PER_TASK, device=device)
     return [functools.reduce(torch.add, terms) for terms in zip(*partials, strict=True)]
 
 
@@ -593,27 +614,34 @@ def _cholesky_whitening(scatter: torch.Tensor, rtol: float) -> torch.Tensor | No
 
 
 class _Side:
-    """One representation's scatter matrix with its decompositions, computed on first use."""
+    """One representation's scatter matrix with its decompositions, computed on first use.
+
+    Thread-safe: tasks that compare one representation with others in parallel compute each
+    decomposition once and share it.
+    """
 
     def __init__(self, scatter: torch.Tensor, rtol: float) -> None:
         self.scatter = scatter
         self.rtol = rtol
         self._spectrum: Spectrum | None = None
         self._whitening: torch.Tensor | None = None
+        self._lock = threading.RLock()
 
     def spectrum(self) -> Spectrum:
-        if self._spectrum is None:
-            self._spectrum = Spectrum.of(self.scatter, self.rtol)
-        return self._spectrum
+        with self._lock:
+            if self._spectrum is None:
+                self._spectrum = Spectrum.of(self.scatter, self.rtol)
+            return self._spectrum
 
     def whitening(self) -> torch.Tensor:
         """(num_neurons, k) whitening: Cholesky when well conditioned, else the spectrum's."""
-        if self._whitening is None:
-            whitening = None
-            if self.rtol > 0 and self.scatter.numel():
-                whitening = _cholesky_whitening(self.scatter, self.rtol)
-            self._whitening = self.spectrum().whitening() if whitening is None else whitening
-        return self._whitening
+        with self._lock:
+            if self._whitening is None:
+                whitening = None
+                if self.rtol > 0 and self.scatter.numel():
+                    whitening = _cholesky_whitening(self.scatter, self.rtol)
+                self._whitening = self.spectrum().whitening() if whitening is None else whitening
+            return self._whitening
 
     def num_active_neurons(self) -> int:
         return _active_neurons(self.scatter, self.rtol)
@@ -647,6 +675,16 @@ class Representation:
         self.mean = _column_mean(self.activations, name)
         self._side: _Side | None = None
         self._small_offsets: bool | None = None  # known once the scatter is
+
+    def prepare(self) -> Representation:
+        """Compute the scatter matrix now (otherwise done with the first comparison); ``self``.
+
+        Call it before comparing the representation with others from several threads, so
+        that they share one scatter matrix instead of each computing its own.
+        """
+        if self._side is None:
+            self._side = _Side(_scatter_products((self,), [(0, 0)])[0], self.rtol)
+        return self
 
     @property
     def count(self) -> int:

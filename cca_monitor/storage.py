@@ -318,6 +318,7 @@ def find_store(path: str | os.PathLike[str]) -> SnapshotStore:
         f"(the folder holding {SNAPSHOT_DIR_NAME}/) or the snapshot folder itself"
     )
 
+
 def _json_safe(value: Any) -> Any:
     """Replace non-finite floats (NaN, inf) by None, recursively, so the JSON stays standard."""
     if isinstance(value, float) and not math.isfinite(value):

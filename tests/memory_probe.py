@@ -19,8 +19,13 @@ def main(directory: Path, num_snapshots: int) -> None:
     generator = torch.Generator().manual_seed(0)
     base = {f"layer{i}": torch.randn(ROWS, NEURONS, generator=generator) for i in range(LAYERS)}
     for step in range(num_snapshots):
-        store.write(step, {k: v + 0.01 * step * torch.randn(ROWS, NEURONS, generator=generator)
-                           for k, v in base.items()})
+        store.write(
+            step,
+            {
+                k: v + 0.01 * step * torch.randn(ROWS, NEURONS, generator=generator)
+                for k, v in base.items()
+            },
+        )
     del base
     analysis = analyse_snapshots(store, ["svcca", "pwcca"])
     assert len(analysis.records) == LAYERS * 2 * (2 * num_snapshots - 1)

@@ -1,11 +1,12 @@
 """Distances between stored snapshots, checked against the similarity functions one by one."""
 
 import math
+import warnings
 
 import pytest
 import torch
 
-from cca_monitor import SnapshotStore
+from cca_monitor import SnapshotStore, convergence
 from cca_monitor.convergence import (
     LayerWarning,
     analyse_snapshots,
@@ -166,3 +167,71 @@ def test_a_dead_layer_is_named_in_one_warning(tmp_path):
     dead = [r for r in analysis.records if r.layer == "dead" and r.reference == "final"]
     assert {r.distance for r in dead if r.measure == "svcca"} == {1.0}
     assert all(math.isnan(r.distance) for r in dead if r.measure == "linear_cka")
+
+
+@pytest.fixture
+def two_threads():
+    """Torch at two threads, so that the snapshots are split into two ranges."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_snapshots_split_into_one_range_per_core_give_the_same_records(
+    store, two_threads, monkeypatch
+):
+    ranges = []
+    over_steps = convergence._distances_over_steps
+
+    def spy(*args):
+        ranges.append(args[-2:])
+        return over_steps(*args)
+
+    monkeypatch.setattr(convergence, "_distances_over_steps", spy)
+    split = analyse_snapshots(store, MEASURE_NAMES).records
+    assert sorted(ranges) == [(0, 2), (2, 4)]
+    torch.set_num_threads(1)
+    ranges.clear()
+    one_pass = analyse_snapshots(store, MEASURE_NAMES).records
+    assert ranges == [(0, 4)]
+    assert [(r.step, r.layer, r.measure, r.reference) for r in split] == [
+        (r.step, r.layer, r.measure, r.reference) for r in one_pass
+    ]
+    assert [r.distance for r in split] == pytest.approx([r.distance for r in one_pass], abs=1e-13)
+
+
+def test_problems_found_in_parallel_ranges_name_their_own_layer(tmp_path, two_threads):
+    store = SnapshotStore(tmp_path / "snapshots")
+    for step in range(6):
+        layers = {"alive": torch.randn(200, 3), "wide": torch.randn(200, 30)}
+        if step >= 3:  # compared with its previous snapshot in the second range only
+            layers["dead"] = torch.zeros(200, 4)
+        store.write(step, layers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distances_to_previous(store, ["svcca"])
+    named = {
+        layer: [str(w.message) for w in caught if f"layer '{layer}'" in str(w.message)]
+        for layer in ("alive", "wide", "dead")
+    }
+    assert all(issubclass(w.category, LayerWarning) for w in caught)
+    assert named["alive"] == []
+    assert len(named["wide"]) == 1
+    assert "200 datapoints for 30 neurons" in named["wide"][0]
+    assert len(named["dead"]) == 1
+    assert "has no varying neuron" in named["dead"][0]
+    assert len(caught) == 2
+
+
+def test_other_warnings_raised_in_parallel_ranges_are_shown(store, two_threads, monkeypatch):
+    distances = convergence.snapshot_distances
+
+    def warning_distances(*args, **kwargs):
+        warnings.warn(f"step {kwargs['step']} looked odd", RuntimeWarning, stacklevel=1)
+        return distances(*args, **kwargs)
+
+    monkeypatch.setattr(convergence, "snapshot_distances", warning_distances)
+    with pytest.warns(RuntimeWarning) as caught:
+        distances_to_reference(store, MEASURE_NAMES)
+    assert {str(w.message) for w in caught} == {f"step {s} looked odd" for s in STEPS}

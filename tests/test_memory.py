@@ -11,8 +11,13 @@ SCRIPT = Path(__file__).with_name("memory_probe.py")
 
 
 def _peak_mib(directory, num_snapshots) -> float:
-    result = subprocess.run([sys.executable, str(SCRIPT), str(directory), str(num_snapshots)],
-                            capture_output=True, text=True, timeout=600, check=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(directory), str(num_snapshots)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return float(result.stdout.strip().splitlines()[-1])
 
 

@@ -2,7 +2,9 @@
 their mathematical properties."""
 
 import math
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -819,3 +821,78 @@ def test_a_constant_input_warns(measure, seed):
         assert math.isnan(value)
     else:
         assert value == 0.0
+
+
+def test_map_over_ranges_covers_the_range_in_order_one_task_per_core(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parts = sim.map_over_ranges(10, lambda start, stop: (start, stop), min_per_task=3)
+        single = sim.map_over_ranges(5, lambda start, stop: (start, stop), min_per_task=3)
+        nested = sim.map_over_ranges(
+            10,
+            lambda start, stop: sim.map_over_ranges(
+                stop - start, lambda a, b: (a, b), min_per_task=1
+            ),
+            min_per_task=1,
+        )
+        assert torch.get_num_threads() == 2, "the thread count is restored"
+    finally:
+        torch.set_num_threads(threads)
+    assert parts == [(0, 5), (5, 10)]
+    assert single == [(0, 5)], "too little work to split"
+    assert nested == [[(0, 5)], [(0, 5)]], "tasks started inside a task run in it"
+    on_gpu = sim.map_over_ranges(
+        10, lambda start, stop: (start, stop), min_per_task=1, device=torch.device("meta")
+    )
+    assert on_gpu == [(0, 10)]
+
+
+def test_map_over_ranges_runs_tasks_in_the_callers_context():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with sim.gram_precision("float32"):
+            seen = sim.map_over_ranges(
+                4, lambda start, stop: sim._product_dtype.get(), min_per_task=1
+            )
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [torch.float32, torch.float32]
+
+
+def test_a_prepared_representation_shares_its_scatter_with_every_comparison(monkeypatch, seed):
+    x, y = _pair(300, 6, 5, torch.float64, seed)
+    final = sim.Representation(x).prepare()
+    scatter = final._side.scatter
+    asked = []
+    products = sim._scatter_products
+    monkeypatch.setattr(
+        sim, "_scatter_products", lambda reps, pairs: asked.append(pairs) or products(reps, pairs)
+    )
+    moments = sim.PairMoments.between(final, sim.Representation(y))
+    assert asked == [[(0, 1), (1, 1)]], "only the cross product and the other side's scatter"
+    assert moments.scatter_xx is scatter
+    assert moments.mean_cca() == pytest.approx(sim.mean_cca(x, y), abs=1e-13)
+
+
+def test_a_side_decomposed_from_two_threads_at_once_is_decomposed_once(monkeypatch, seed):
+    x, y = _pair(300, 6, 5, torch.float64, seed)
+    final = sim.Representation(x).prepare()
+    calls = []
+    whitening = sim._cholesky_whitening
+
+    def slow_whitening(scatter, rtol):
+        calls.append(scatter)
+        time.sleep(0.2)  # both threads ask while the first one computes
+        return whitening(scatter, rtol)
+
+    monkeypatch.setattr(sim, "_cholesky_whitening", slow_whitening)
+    others = [sim.Representation(y), sim.Representation(y + 1.0)]
+    with ThreadPoolExecutor(2) as pool:
+        values = list(
+            pool.map(lambda other: sim.PairMoments.between(final, other).mean_cca(), others)
+        )
+    assert sum(c is final._side.scatter for c in calls) == 1
+    assert values[0] == pytest.approx(sim.mean_cca(x, y), abs=1e-13)
+    assert values[1] == pytest.approx(values[0], abs=1e-12), "mean CCA ignores offsets"
