@@ -302,17 +302,23 @@ def _column_mean(a: torch.Tensor, name: str) -> torch.Tensor:
     """(num_neurons,) float64 mean of ``a``; raises if ``a`` holds NaN or inf.
 
     Any NaN or inf makes its column's mean non-finite, so the full check runs only then. On
-    the CPU, other dtypes are upcast chunk by chunk into a small buffer (much faster than a
-    reduction that converts every element).
+    the CPU the rows are summed by one task per core: float64 rows by numpy (twice as fast as
+    torch's reduction over rows here), other dtypes upcast chunk by chunk into a small buffer
+    (much faster than a reduction that converts every element).
     """
-    if a.dtype == COMPUTE_DTYPE or a.device.type != "cpu" or not a.shape[0]:
+    if a.device.type != "cpu" or not a.shape[0]:
         mean = a.mean(dim=0, dtype=COMPUTE_DTYPE)
     else:
-        mean = _sum_over_rows(a.shape[0], a.device, functools.partial(_upcast_sum, a))[0]
+        column_sum = _float64_sum if a.dtype == COMPUTE_DTYPE else _upcast_sum
+        mean = _sum_over_rows(a.shape[0], a.device, functools.partial(column_sum, a))[0]
         mean /= a.shape[0]
     if a.shape[0] and not bool(torch.isfinite(mean).all()):
         _raise_if_not_finite(a, name)
     return mean
+
+
+def _float64_sum(a: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.add.reduce(a[start:stop].numpy(), axis=0))]
 
 
 def _upcast_sum(a: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
