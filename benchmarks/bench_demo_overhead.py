@@ -22,7 +22,7 @@ from collections import defaultdict
 import _common  # noqa: F401  (fixes the thread counts first)
 import torch
 
-from cca_monitor import CCAMonitor
+from cca_monitor import CCAMonitor, callback, report
 from cca_monitor.callback import MonitorLogic
 from cca_monitor.demo import DEFAULT_BATCH_SIZE, DEFAULT_MAX_EPOCHS, run_demo
 
@@ -37,23 +37,32 @@ PARTS = {
 part_seconds: dict[str, list[float]] = defaultdict(list)
 
 
-def _timed(name: str) -> None:
-    """Accumulate the time spent in ``MonitorLogic.<name>`` into ``part_seconds``."""
-    method = getattr(MonitorLogic, name)
+END_OF_FIT_PARTS = {
+    (callback, "analyse_snapshots"): "analysis (distances to final, noise floors)",
+    (report, "final_figure_images"): "figures (drawn once for the PNG files and TensorBoard)",
+}
+"""Parts of ``_finish`` timed on their own; the rest is result files and TensorBoard output."""
 
-    @functools.wraps(method)
+
+def _timed(owner: object, name: str, key: str) -> None:
+    """Accumulate the time spent in ``owner.<name>`` into ``part_seconds[key]``."""
+    function = getattr(owner, name)
+
+    @functools.wraps(function)
     def wrapper(*args: object, **kwargs: object) -> object:
         started = time.perf_counter()
         try:
-            return method(*args, **kwargs)
+            return function(*args, **kwargs)
         finally:
-            part_seconds[name][-1] += time.perf_counter() - started
+            part_seconds[key][-1] += time.perf_counter() - started
 
-    setattr(MonitorLogic, name, wrapper)
+    setattr(owner, name, wrapper)
 
 
 for _name in PARTS:
-    _timed(_name)
+    _timed(MonitorLogic, _name, _name)
+for (_owner, _name), _label in END_OF_FIT_PARTS.items():
+    _timed(_owner, _name, _label)
 
 
 def fit_seconds(
@@ -61,8 +70,8 @@ def fit_seconds(
 ) -> tuple[float, CCAMonitor | None, torch.nn.Module]:
     monitor = CCAMonitor() if with_monitor else None
     if with_monitor:
-        for name in PARTS:
-            part_seconds[name].append(0.0)
+        for key in [*PARTS, *END_OF_FIT_PARTS.values()]:
+            part_seconds[key].append(0.0)
     with tempfile.TemporaryDirectory() as out:
         result = run_demo(out, max_epochs=epochs, callbacks=[monitor] if monitor else [])
         return result.seconds, monitor, result.model
@@ -111,6 +120,10 @@ def main() -> None:
         seconds = statistics.median(part_seconds[name])
         total += seconds
         print(f"  {label:45s} {seconds:6.2f} s  {100 * seconds / base:5.1f}% of the training")
+    print("  of the end of fit:")
+    for label in END_OF_FIT_PARTS.values():
+        seconds = statistics.median(part_seconds[label])
+        print(f"    {label:55s} {seconds:6.2f} s")
     print(
         f"  {'all':45s} {total:6.2f} s: within {100 * TARGET:.0f}% for trainings longer than "
         f"{total / TARGET:.0f} s on this machine"
