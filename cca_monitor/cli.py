@@ -55,13 +55,16 @@ def _report(args: argparse.Namespace) -> int:
             f"cca-monitor: --reference-step {args.reference_step} is not a stored step; "
             f"steps: {store.steps()}"
         )
-    analysis = analyse_snapshots(
-        store,
-        measures,
-        reference_step=args.reference_step,
-        threshold=args.threshold,
-        layers=metadata.get("layers"),
-    )
+    try:
+        analysis = analyse_snapshots(
+            store,
+            measures,
+            reference_step=args.reference_step,
+            threshold=args.threshold,
+            layers=metadata.get("layers"),
+        )
+    except ValueError as error:  # e.g. a snapshot file that cannot be read
+        raise SystemExit(f"cca-monitor: {error}") from error
     from cca_monitor.report import write_report
 
     out = Path(args.out) if args.out else store.directory.parent / "cca_report"

@@ -79,8 +79,9 @@ class FreezeTraining(BaseFinetuning):
     Raises:
         TypeError: If ``monitor`` has no ``previous_distances`` and ``measures``.
         ValueError: If ``measure`` is not computed by the monitor, ``threshold`` is not in
-            (0, 1] or ``patience`` is not a positive int; at setup, if a name in ``groups`` is
-            not a module of the model or a key is not a monitored layer.
+            (0, 1] or ``patience`` is not a positive int; at setup, if ``monitor`` is not one of
+            the trainer's callbacks, a name in ``groups`` is not a module of the model or a key
+            is not a monitored layer.
 
     Example:
         >>> from cca_monitor import CCAMonitor
@@ -135,6 +136,12 @@ class FreezeTraining(BaseFinetuning):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
+            if not any(callback is self.monitor for callback in trainer.callbacks):
+                raise ValueError(
+                    "FreezeTraining's monitor is not one of the trainer's callbacks, so it takes "
+                    "no snapshots and no layer would ever freeze; pass it as well, before "
+                    "FreezeTraining: Trainer(callbacks=[monitor, FreezeTraining(monitor)])"
+                )
             self._layers = resolve_layer_names(pl_module, self.monitor.layers)
             self._check_groups(pl_module)
             self._layers = self._freezable_layers(pl_module)

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -200,10 +201,16 @@ class SnapshotStore:
 
         Raises:
             KeyError: If there is no snapshot at ``step``; the message lists those there are.
+            ValueError: If the file cannot be read (e.g. truncated); the message names it.
         """
-        return torch.load(
-            self._existing_path(step), map_location="cpu", weights_only=True, mmap=True
-        )
+        path = self._existing_path(step)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise ValueError(
+                f"Snapshot file {path} cannot be read ({error}). It may be truncated or not a "
+                "snapshot; move it away to analyse the other snapshots."
+            ) from error
 
     def read_layer(self, step: int, layer: str) -> torch.Tensor:
         """Load one layer of the snapshot taken at ``step``.

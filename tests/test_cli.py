@@ -3,9 +3,11 @@
 import json
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cca_monitor.cli import main
+from cca_monitor.storage import SNAPSHOT_DIR_NAME, SnapshotStore
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +94,12 @@ def test_compare_two_demo_runs(demo_run, tmp_path, capsys):
     comparison = json.loads((result / "comparison.json").read_text())
     assert comparison["layers"] == ["conv1", "conv2", "fc1", "fc2"]
     assert (result / "dendrogram.png").is_file()
+
+
+def test_report_with_an_unreadable_snapshot_names_the_file(tmp_path):
+    store = SnapshotStore(tmp_path / SNAPSHOT_DIR_NAME)
+    for step in (0, 1):
+        store.write(step, {"fc": torch.randn(50, 3)})
+    store.path(1).write_bytes(b"not a snapshot")
+    with pytest.raises(SystemExit, match=r"cca-monitor: Snapshot file .*1.* cannot be read"):
+        main(["report", str(tmp_path)])

@@ -33,12 +33,14 @@ def _monitor(measures=("svcca",)):
     return SimpleNamespace(measures=list(measures), layers=None, previous_distances=[])
 
 
-def _trainer():
-    return SimpleNamespace(strategy=object(), is_global_zero=True, loggers=[])
+def _trainer(*callbacks):
+    return SimpleNamespace(
+        strategy=object(), is_global_zero=True, loggers=[], callbacks=list(callbacks)
+    )
 
 
 def _ready(freeze, module, monitor):
-    freeze.setup(_trainer(), module, "fit")
+    freeze.setup(_trainer(monitor, freeze), module, "fit")
     return freeze
 
 
@@ -259,3 +261,10 @@ def test_trainer_with_unreachable_threshold_freezes_nothing(tmp_path):
     model, _, freeze = _fit(tmp_path, {"threshold": 1e-12, "patience": 1})
     assert freeze.frozen_at == {}
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_monitor_missing_from_the_trainer_is_an_error_at_setup(tmp_path):
+    monitor = CCAMonitor(measures=["svcca"], every_n_train_steps=2)
+    trainer = tiny_trainer(tmp_path, callbacks=[FreezeTraining(monitor)])
+    with pytest.raises(ValueError, match=r"monitor is not one of the trainer's callbacks"):
+        trainer.fit(TinyConvNet(), *tiny_loaders())

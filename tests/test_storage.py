@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -394,3 +395,16 @@ def test_read_results_errors(tmp_path, name, content, error, match):
         path.write_text(content)
     with pytest.raises(error, match=match):
         read_results(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_an_unreadable_snapshot_names_its_file(store, damage):
+    path = store.write(3, _snapshot(0))
+    content = path.read_bytes()
+    path.write_bytes(
+        {"truncated": content[: len(content) // 2], "garbage": b"not a snapshot", "empty": b""}[
+            damage
+        ]
+    )
+    with pytest.raises(ValueError, match=rf"Snapshot file {re.escape(str(path))} cannot be read"):
+        store.read(3)
