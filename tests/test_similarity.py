@@ -2,6 +2,8 @@
 their mathematical properties."""
 
 import math
+import multiprocessing
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -896,3 +898,30 @@ def test_a_side_decomposed_from_two_threads_at_once_is_decomposed_once(monkeypat
     assert sum(c is final._side.scatter for c in calls) == 1
     assert values[0] == pytest.approx(sim.mean_cca(x, y), abs=1e-13)
     assert values[1] == pytest.approx(values[0], abs=1e-12), "mean CCA ignores offsets"
+
+
+def _parallel_mean_cca_in_child(queue):
+    # numpy inputs: torch's own threads are not fork-safe, only the tasks' threads are tested
+    torch.set_num_threads(2)
+    x = np.random.default_rng(0).standard_normal((20000, 8))
+    queue.put(sim.mean_cca(x, x + np.random.default_rng(1).standard_normal((20000, 8))))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX only")
+def test_a_forked_child_runs_parallel_tasks_on_its_own_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # the parent's worker threads exist before the fork
+        assert sim.map_over_ranges(2, lambda start, stop: start, min_per_task=1) == [0, 1]
+    finally:
+        torch.set_num_threads(threads)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_parallel_mean_cca_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the child hung waiting for worker threads it does not have")
+    assert child.exitcode == 0
+    assert 0.0 < queue.get(timeout=5) < 1.0
