@@ -61,6 +61,8 @@ SAMPLING_KEYS = ("conv_mode", "max_rows", "seed")
 
 _HEATMAP_COLORMAP = "magma_r"
 _MAX_ANNOTATED_RUNS = 12
+_MIN_FIGURE_WIDTH = 4.5
+"""Inches: wide enough for the titles with two runs."""
 _MEAN_NAME = "mean over layers"
 _UNSAFE_FILE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -298,7 +300,8 @@ class RunComparison:
     def heatmap_figure(self, layer: str) -> Figure:
         """Draw one layer's (R, R) distance matrix, runs in the given order."""
         matrix = self._matrix(layer)
-        figure = Figure(figsize=(2.5 + 0.45 * len(self.runs), 2.0 + 0.4 * len(self.runs)))
+        width = max(_MIN_FIGURE_WIDTH, 2.5 + 0.45 * len(self.runs))
+        figure = Figure(figsize=(width, 2.2 + 0.4 * len(self.runs)))
         figure.set_layout_engine("constrained")
         axes = figure.add_subplot()
         colormap = mpl.colormaps[_HEATMAP_COLORMAP].with_extremes(bad="0.8")
@@ -307,7 +310,7 @@ class RunComparison:
             _annotate(axes, matrix)
         axes.set_xticks(range(len(self.runs)), self.runs, rotation=45, ha="right")
         axes.set_yticks(range(len(self.runs)), self.runs)
-        axes.set_title(f"{self.description} between runs\nlayer {layer}")
+        axes.set_title(f"{self.description}\nbetween runs, layer {layer}")
         figure.colorbar(image, ax=axes, label="distance (1 - similarity)")
         return figure
 
@@ -317,7 +320,8 @@ class RunComparison:
         A layer whose distances hold NaN gets an empty panel that says so.
         """
         names = [*self.layers, _MEAN_NAME]
-        figure = Figure(figsize=(1.5 + 0.5 * len(self.runs), 2.4 * len(names)))
+        width = max(_MIN_FIGURE_WIDTH, 1.5 + 0.5 * len(self.runs))
+        figure = Figure(figsize=(width, 0.4 + 2.4 * len(names)))
         figure.set_layout_engine("constrained")
         panels = figure.subplots(len(names), 1, squeeze=False)[:, 0]
         for axes, name in zip(panels, names, strict=True):
@@ -328,7 +332,7 @@ class RunComparison:
                 axes.text(0.5, 0.5, "some pairs could not be compared", ha="center")
                 axes.set_axis_off()
             axes.set_title(name, fontsize="medium")
-        figure.suptitle(f"average-linkage clustering, {self.description}")
+        figure.suptitle(f"average-linkage clustering\n{self.description}")
         return figure
 
     def write(self, directory: str | os.PathLike[str]) -> list[Path]:

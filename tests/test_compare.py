@@ -2,10 +2,12 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import squareform
 
@@ -361,3 +363,29 @@ def test_cli_compare_prints_and_writes(runs, tmp_path, capsys):
 def test_cli_compare_explains_errors(runs, tmp_path):
     with pytest.raises(SystemExit, match="cca-monitor: no snapshots in"):
         main(["compare", str(runs[0]), str(tmp_path), "--out", str(tmp_path / "cmp")])
+
+
+@pytest.mark.parametrize("figure_name", ["heatmap", "dendrogram"])
+def test_nothing_drawn_falls_outside_the_figure_with_two_runs(figure_name):
+    comparison = RunComparison(
+        runs=("version_0", "version_1"),
+        layers=("conv1", "fc1"),
+        measure="pwcca",
+        distances={"conv1": np.array([[0, 0.2], [0.2, 0]]), "fc1": np.array([[0, 0.3], [0.3, 0]])},
+        paths=(Path("a"), Path("b")),
+        steps=(10, 10),
+        symmetrized=True,
+    )
+    figure = (
+        comparison.heatmap_figure("conv1")
+        if figure_name == "heatmap"
+        else comparison.dendrogram_figure()
+    )
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    drawn = figure.get_tightbbox(canvas.get_renderer())
+    width, height = figure.get_size_inches()
+    assert drawn.x0 >= 0
+    assert drawn.y0 >= 0
+    assert drawn.x1 <= width
+    assert drawn.y1 <= height
