@@ -79,6 +79,8 @@ class MonitorLogic:
             raise ValueError("layers is empty; pass None to monitor every Conv/Linear/RNN layer")
         if every_n_train_steps is not None and schedule is not None:
             raise ValueError("give either every_n_train_steps or schedule, not both")
+        if every_n_train_steps is not None:
+            _check_int("every_n_train_steps", every_n_train_steps, minimum=1)
         if schedule is not None and not callable(schedule):
             raise TypeError(f"schedule must be a callable step -> bool, got {schedule!r}")
         self._fixed_schedule: Schedule | None = (

@@ -15,7 +15,7 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cca_monitor.convergence import RunAnalysis, analyse_snapshots
@@ -32,7 +32,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     monitor = CCAMonitor(measures=args.measures, num_snapshots=args.num_snapshots)
     result = run_demo(
-        args.out,
+        _output_folder(args.out),
         max_epochs=args.epochs,
         seed=args.seed,
         callbacks=[monitor],
@@ -48,14 +48,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     store = _find_store(Path(args.run_dir))
-    metadata = store.read_metadata()
-    measures = args.measures or metadata.get("measures") or ["svcca", "pwcca"]
     if args.reference_step is not None and args.reference_step not in store.steps():
         raise SystemExit(
             f"cca-monitor: --reference-step {args.reference_step} is not a stored step; "
             f"steps: {store.steps()}"
         )
+    out = _output_folder(args.out or store.directory.parent / "cca_report")
     try:
+        metadata = store.read_metadata()
+        measures = args.measures or metadata.get("measures") or ["svcca", "pwcca"]
         analysis = analyse_snapshots(
             store,
             measures,
@@ -67,8 +68,8 @@ def _report(args: argparse.Namespace) -> int:
         raise SystemExit(f"cca-monitor: {error}") from error
     from cca_monitor.report import write_report
 
-    out = Path(args.out) if args.out else store.directory.parent / "cca_report"
-    paths = write_report(analysis, out, tensorboard_dir=out / "tensorboard")
+    _clear_previous_report(out)
+    paths = write_report(analysis, out, tensorboard_dir=out / REPORT_TENSORBOARD_DIR)
     if args.html and analysis.layers:
         from cca_monitor.html_report import write_html_report
 
@@ -93,10 +94,58 @@ def _compare(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"cca-monitor: {error}") from error
-    paths = comparison.write(args.out)
+    paths = comparison.write(_output_folder(args.out))
     print(format_comparison(comparison))
     print(f"\nWrote {len(paths)} files to {args.out}")
     return 0
+
+
+REPORT_TENSORBOARD_DIR = "tensorboard"
+"""Subfolder of the report folder that holds its TensorBoard events."""
+
+
+def _clear_previous_report(out: Path) -> None:
+    """Delete what an earlier ``report`` wrote in ``out``, so that this one replaces it.
+
+    Only the report's own files go: result files, figures, ``report.html`` and the event files
+    in its TensorBoard subfolder (new events would add a second point at every step).
+    """
+    from cca_monitor.html_report import HTML_REPORT_NAME
+    from cca_monitor.storage import RESULTS_CSV_NAME, RESULTS_JSON_NAME
+
+    names = {RESULTS_CSV_NAME, RESULTS_JSON_NAME, HTML_REPORT_NAME}
+    for measure in MEASURES:
+        names |= {f"cca_{measure}_to_final.png", f"cca_{measure}_heatmap.png"}
+    stale = [out / name for name in sorted(names)]
+    stale += sorted((out / REPORT_TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _output_folder(path: str | Path) -> Path:
+    """``path`` as a folder that exists, created if needed; exits with a message if it cannot be."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(
+            f"cca-monitor: cannot use {str(folder)!r} as the output folder: "
+            f"{error.strerror or error}"
+        ) from error
+    return folder
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid int value" message
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -119,13 +168,15 @@ def format_table(records: RunAnalysis | Sequence, summary: dict) -> str:
 
     Args:
         records: Distance records of a run (``RunAnalysis.records`` or ``CCAMonitor.results``).
-        summary: The run's summary (``measure``, ``threshold``, ``convergence_step``, ``steps``).
+        summary: The run's summary (``measure``, ``threshold``, ``convergence_step``, ``steps``
+            and, when the reference is not the last snapshot, ``reference_step``, which then
+            gets a column and the title).
     """
     measure, threshold = summary["measure"], summary["threshold"]
     steps = summary["steps"]
-    picks = sorted(
-        {steps[round(i * (len(steps) - 1) / (TABLE_COLUMNS - 1))] for i in range(TABLE_COLUMNS)}
-    )
+    picks = {steps[round(i * (len(steps) - 1) / (TABLE_COLUMNS - 1))] for i in range(TABLE_COLUMNS)}
+    reference = summary.get("reference_step", steps[-1])
+    picks = sorted({*picks, reference})
     values = {
         (r.layer, r.step): r.distance
         for r in records
@@ -135,7 +186,12 @@ def format_table(records: RunAnalysis | Sequence, summary: dict) -> str:
     width = max([len("layer"), *map(len, layers)])
     header = f"{'layer':<{width}}  " + "  ".join(f"{'step ' + str(s):>10}" for s in picks)
     header += f"  {'within ' + str(threshold):>12}"
-    lines = [f"{measure} distance to the final representation", header, "-" * len(header)]
+    title = (
+        f"{measure} distance to the final representation"
+        if reference == steps[-1]
+        else f"{measure} distance to the snapshot at step {reference}"
+    )
+    lines = [title, header, "-" * len(header)]
     for layer in layers:
         cells = "  ".join(_cell(values.get((layer, s))) for s in picks)
         converged = summary["convergence_step"].get(layer)
@@ -161,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train a small CNN on 5,000 real MNIST digits with the monitor attached"
     )
     demo.add_argument("--out", default="cca_demo", help="log folder (default: ./cca_demo)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs")
+    demo.add_argument("--epochs", type=_int_at_least(1), default=None, help="training epochs")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--num-snapshots", type=int, default=20)
+    demo.add_argument("--num-snapshots", type=_int_at_least(2), default=20)
     demo.add_argument("--measures", nargs="+", default=["svcca", "pwcca"], choices=MEASURES)
     demo.add_argument("--smoke", action="store_true", help="a few batches only (seconds)")
     demo.set_defaults(run=_demo)

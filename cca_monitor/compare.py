@@ -63,6 +63,8 @@ _HEATMAP_COLORMAP = "magma_r"
 _MAX_ANNOTATED_RUNS = 12
 _MIN_FIGURE_WIDTH = 4.5
 """Inches: wide enough for the titles with two runs."""
+_LABEL_INCHES_PER_CHARACTER = 0.075
+"""About the width of one character of a tick label, in inches (10 points)."""
 _MEAN_NAME = "mean over layers"
 _UNSAFE_FILE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -297,11 +299,16 @@ class RunComparison:
                 clustering[name] = {"linkage": linkage.tolist(), "order": leaves_order(linkage)}
         return clustering
 
+    def _label_inches(self) -> float:
+        """About how long the longest run label is when drawn, in inches."""
+        return _LABEL_INCHES_PER_CHARACTER * max(len(run) for run in self.runs)
+
     def heatmap_figure(self, layer: str) -> Figure:
         """Draw one layer's (R, R) distance matrix, runs in the given order."""
         matrix = self._matrix(layer)
-        width = max(_MIN_FIGURE_WIDTH, 2.5 + 0.45 * len(self.runs))
-        figure = Figure(figsize=(width, 2.2 + 0.4 * len(self.runs)))
+        labels = self._label_inches()
+        width = max(_MIN_FIGURE_WIDTH, 2.5 + 0.45 * len(self.runs) + labels)
+        figure = Figure(figsize=(width, 2.2 + 0.4 * len(self.runs) + 0.7 * labels))
         figure.set_layout_engine("constrained")
         axes = figure.add_subplot()
         colormap = mpl.colormaps[_HEATMAP_COLORMAP].with_extremes(bad="0.8")
@@ -320,8 +327,9 @@ class RunComparison:
         A layer whose distances hold NaN gets an empty panel that says so.
         """
         names = [*self.layers, _MEAN_NAME]
-        width = max(_MIN_FIGURE_WIDTH, 1.5 + 0.5 * len(self.runs))
-        figure = Figure(figsize=(width, 0.4 + 2.4 * len(names)))
+        labels = self._label_inches()
+        width = max(_MIN_FIGURE_WIDTH, 1.5 + 0.5 * len(self.runs) + 0.7 * labels)
+        figure = Figure(figsize=(width, 0.4 + (2.4 + 0.7 * labels) * len(names)))
         figure.set_layout_engine("constrained")
         panels = figure.subplots(len(names), 1, squeeze=False)[:, 0]
         for axes, name in zip(panels, names, strict=True):

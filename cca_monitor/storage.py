@@ -25,9 +25,10 @@ import os
 import pickle
 import re
 import uuid
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import torch
 
@@ -204,13 +205,18 @@ class SnapshotStore:
             ValueError: If the file cannot be read (e.g. truncated); the message names it.
         """
         path = self._existing_path(step)
+        if not zipfile.is_zipfile(path):
+            _raise_unreadable(path, "not a complete file written by torch.save")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            snapshot = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            raise ValueError(
-                f"Snapshot file {path} cannot be read ({error}). It may be truncated or not a "
-                "snapshot; move it away to analyse the other snapshots."
-            ) from error
+            _raise_unreadable(path, str(error), error)
+        if not isinstance(snapshot, dict) or not all(
+            isinstance(layer, str) and isinstance(value, torch.Tensor)
+            for layer, value in snapshot.items()
+        ):
+            _raise_unreadable(path, "it holds something other than layer name -> tensor")
+        return snapshot
 
     def read_layer(self, step: int, layer: str) -> torch.Tensor:
         """Load one layer of the snapshot taken at ``step``.
@@ -266,11 +272,23 @@ class SnapshotStore:
         return path
 
     def read_metadata(self) -> dict[str, Any]:
-        """Return the mapping stored by :meth:`write_metadata`, or ``{}`` if there is none."""
+        """Return the mapping stored by :meth:`write_metadata`, or ``{}`` if there is none.
+
+        Raises:
+            ValueError: If the file is not a JSON object; the message names it.
+        """
         path = self._directory / METADATA_NAME
         if not path.is_file():
             return {}
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            metadata = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{path} is not valid JSON ({error}); delete it to use the snapshots without it"
+            ) from error
+        if not isinstance(metadata, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(metadata).__name__}")
+        return metadata
 
     def __len__(self) -> int:
         return len(self.steps())
@@ -279,6 +297,13 @@ class SnapshotStore:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             return False
         return self.path(step).is_file()
+
+
+def _raise_unreadable(path: Path, reason: str, cause: BaseException | None = None) -> NoReturn:
+    raise ValueError(
+        f"Snapshot file {path} cannot be read ({reason}). It may be truncated or not a "
+        "snapshot; move it away to analyse the other snapshots."
+    ) from cause
 
 
 def probe_fingerprint(probe: torch.Tensor) -> str:

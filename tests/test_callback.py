@@ -270,7 +270,7 @@ def test_default_layer_wider_than_probe_is_dropped_with_warning(tmp_path):
         ({"layers": "fc1"}, TypeError, r"\['fc1'\]"),
         ({"every_n_train_steps": 2, "schedule": lambda s: True}, ValueError, "not both"),
         ({"schedule": 5}, TypeError, "callable"),
-        ({"every_n_train_steps": 0}, ValueError, ">= 1"),
+        ({"every_n_train_steps": 0}, ValueError, "every_n_train_steps must be >= 1"),
         ({"num_snapshots": 1}, ValueError, "num_snapshots must be >= 2"),
         ({"probe_size": 1.5}, TypeError, "probe_size must be an int"),
         ({"convergence_threshold": 2.0}, ValueError, r"\[0, 1\]"),

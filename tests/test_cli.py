@@ -50,10 +50,11 @@ def test_report_recomputes_other_measures(demo_run, tmp_path, capsys):
     assert "cca/mean_cca_to_final/conv1" in events.Tags()["scalars"]
 
 
-def test_report_with_another_reference_step(demo_run, tmp_path):
+def test_report_with_another_reference_step(demo_run, tmp_path, capsys):
     _, run_dir = demo_run
     out = tmp_path / "report"
     main(["report", str(run_dir), "--reference-step", "0", "--out", str(out)])
+    assert "svcca distance to the snapshot at step 0" in capsys.readouterr().out
     records = json.loads((out / "cca_results.json").read_text())["records"]
     at_zero = [r["distance"] for r in records if r["step"] == 0 and r["reference"] == "final"]
     assert at_zero
@@ -103,3 +104,65 @@ def test_report_with_an_unreadable_snapshot_names_the_file(tmp_path):
     store.path(1).write_bytes(b"not a snapshot")
     with pytest.raises(SystemExit, match=r"cca-monitor: Snapshot file .*1.* cannot be read"):
         main(["report", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--epochs", "0"], "--epochs: must be at least 1, got 0"),
+        (["--num-snapshots", "1"], "--num-snapshots: must be at least 2, got 1"),
+        (["--epochs", "two"], "--epochs: invalid int value: 'two'"),
+    ],
+)
+def test_demo_rejects_bad_numbers_without_a_traceback(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--smoke", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _two_snapshots(run_dir):
+    store = SnapshotStore(run_dir / SNAPSHOT_DIR_NAME)
+    for step in (0, 1):
+        store.write(step, {"fc": torch.randn(50, 3)})
+    return store
+
+
+@pytest.mark.parametrize("command", ["demo", "report", "compare"])
+def test_an_output_folder_that_cannot_be_made_is_named(tmp_path, command):
+    _two_snapshots(tmp_path / "a")
+    _two_snapshots(tmp_path / "b")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("taken")
+    arguments = {
+        "demo": ["demo", "--smoke"],
+        "report": ["report", str(tmp_path / "a")],
+        "compare": ["compare", str(tmp_path / "a"), str(tmp_path / "b")],
+    }[command]
+    with pytest.raises(SystemExit, match=r"cca-monitor: cannot use .*file.* as the output folder"):
+        main([*arguments, "--out", str(not_a_folder / "inside")])
+
+
+def test_report_with_unreadable_metadata_names_the_file(tmp_path):
+    store = _two_snapshots(tmp_path)
+    store.write_metadata({"measures": ["svcca"]})
+    (store.directory / "metadata.json").write_text("{bad json")
+    with pytest.raises(SystemExit, match=r"cca-monitor: .*metadata.json is not valid JSON"):
+        main(["report", str(tmp_path)])
+
+
+def test_a_second_report_replaces_the_first(demo_run, tmp_path):
+    _, run_dir = demo_run
+    out = tmp_path / "report"
+    main(["report", str(run_dir), "--out", str(out), "--html"])
+    main(["report", str(run_dir), "--out", str(out), "--measures", "linear_cka"])
+    assert sorted(path.name for path in out.glob("*.png")) == [
+        "cca_linear_cka_heatmap.png",
+        "cca_linear_cka_to_final.png",
+    ]
+    assert not (out / "report.html").exists()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert not any(tag.startswith("cca/svcca") for tag in events.Tags()["scalars"])
+    steps = [event.step for event in events.Scalars("cca/linear_cka_to_final/fc1")]
+    assert steps == sorted(set(steps)), "one point per step"

@@ -366,9 +366,17 @@ def test_cli_compare_explains_errors(runs, tmp_path):
 
 
 @pytest.mark.parametrize("figure_name", ["heatmap", "dendrogram"])
-def test_nothing_drawn_falls_outside_the_figure_with_two_runs(figure_name):
+@pytest.mark.parametrize(
+    "runs",
+    [
+        ("version_0", "version_1"),
+        ("cca_demo/mnist_cnn/version_0", "runs/seed_1/mnist_cnn/version_0"),
+    ],
+    ids=["short", "long"],
+)
+def test_nothing_drawn_falls_outside_the_figure_with_two_runs(figure_name, runs):
     comparison = RunComparison(
-        runs=("version_0", "version_1"),
+        runs=runs,
         layers=("conv1", "fc1"),
         measure="pwcca",
         distances={"conv1": np.array([[0, 0.2], [0.2, 0]]), "fc1": np.array([[0, 0.3], [0.3, 0]])},

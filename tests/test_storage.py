@@ -397,14 +397,32 @@ def test_read_results_errors(tmp_path, name, content, error, match):
         read_results(path)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_an_unreadable_snapshot_names_its_file(store, damage):
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncated", "not a complete file written by torch.save"),
+        ("garbage", "not a complete file written by torch.save"),
+        ("empty", "not a complete file written by torch.save"),
+        ("other content", "something other than layer name -> tensor"),
+    ],
+)
+def test_an_unreadable_snapshot_names_its_file(store, damage, reason):
     path = store.write(3, _snapshot(0))
     content = path.read_bytes()
-    path.write_bytes(
-        {"truncated": content[: len(content) // 2], "garbage": b"not a snapshot", "empty": b""}[
-            damage
-        ]
-    )
-    with pytest.raises(ValueError, match=rf"Snapshot file {re.escape(str(path))} cannot be read"):
+    if damage == "other content":
+        torch.save({"x": 1}, path)
+    else:
+        damaged = {"truncated": content[: len(content) // 2], "garbage": b"not a snapshot"}
+        path.write_bytes(damaged.get(damage, b""))
+    message = rf"Snapshot file {re.escape(str(path))} cannot be read \(.*{re.escape(reason)}"
+    with pytest.raises(ValueError, match=message):
         store.read(3)
+
+
+@pytest.mark.parametrize("content", ["{bad json", "[1, 2]"])
+def test_unreadable_metadata_names_its_file(store, content):
+    store.write_metadata({"measures": ["svcca"]})
+    path = store.directory / storage.METADATA_NAME
+    path.write_text(content)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        store.read_metadata()
