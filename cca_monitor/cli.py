@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cca_monitor.convergence import RunAnalysis, analyse_snapshots
+from cca_monitor.convergence import RunAnalysis, analyse_snapshots, table_steps
 from cca_monitor.similarity import MEASURES
 from cca_monitor.storage import SnapshotStore, find_store
 
@@ -174,9 +174,8 @@ def format_table(records: RunAnalysis | Sequence, summary: dict) -> str:
     """
     measure, threshold = summary["measure"], summary["threshold"]
     steps = summary["steps"]
-    picks = {steps[round(i * (len(steps) - 1) / (TABLE_COLUMNS - 1))] for i in range(TABLE_COLUMNS)}
     reference = summary.get("reference_step", steps[-1])
-    picks = sorted({*picks, reference})
+    picks = table_steps(steps, TABLE_COLUMNS, reference=reference)
     values = {
         (r.layer, r.step): r.distance
         for r in records

@@ -506,6 +506,22 @@ def report_problems(problems: Mapping[str, Iterable[str]]) -> None:
         warnings.warn(f"layer {layer!r} {'; '.join(distinct)}", LayerWarning, stacklevel=2)
 
 
+def table_steps(steps: Sequence[int], count: int, *, reference: int | None = None) -> list[int]:
+    """Up to ``count`` of ``steps`` evenly picked, first and last included, plus ``reference``.
+
+    The columns of the printed and HTML distance tables, ascending.
+
+    Example:
+        >>> table_steps([0, 10, 20, 30, 40, 50, 60], 4, reference=10)
+        [0, 10, 20, 40, 60]
+    """
+    count = min(len(steps), count)
+    picked = {steps[round(i * (len(steps) - 1) / max(count - 1, 1))] for i in range(count)}
+    if reference is not None:
+        picked.add(reference)
+    return sorted(picked)
+
+
 def convergence_steps(
     records: Iterable[DistanceRecord],
     *,

@@ -18,9 +18,7 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from cca_monitor.convergence import convergence_steps
+from cca_monitor.convergence import convergence_steps, table_steps
 from cca_monitor.plots import convergence_figure, heatmap_figure
 
 if TYPE_CHECKING:
@@ -35,7 +33,7 @@ log = logging.getLogger(__name__)
 
 HTML_REPORT_NAME = "report.html"
 MAX_TABLE_STEPS = 8
-"""Snapshot steps shown in a distance table (evenly picked, first and last included)."""
+"""Snapshot steps shown in a distance table (evenly picked, first, last and reference included)."""
 
 _PAGE = Template(
     """<!DOCTYPE html>
@@ -94,13 +92,6 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def _picked_steps(steps: Sequence[int]) -> list[int]:
-    count = min(len(steps), MAX_TABLE_STEPS)
-    return [
-        steps[index] for index in sorted({round(i) for i in np.linspace(0, len(steps) - 1, count)})
-    ]
-
-
 def _settings(analysis: RunAnalysis) -> str:
     summary = analysis.summary
     steps = summary["steps"]
@@ -137,7 +128,8 @@ def _convergence_table(
 
 
 def _distance_tables(analysis: RunAnalysis) -> str:
-    picks = _picked_steps(analysis.summary["steps"])
+    summary = analysis.summary
+    picks = table_steps(summary["steps"], MAX_TABLE_STEPS, reference=summary.get("reference_step"))
     values = {
         (r.measure, r.layer, r.step): r.distance for r in analysis.records if r.reference == "final"
     }

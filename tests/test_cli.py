@@ -166,3 +166,11 @@ def test_a_second_report_replaces_the_first(demo_run, tmp_path):
     assert not any(tag.startswith("cca/svcca") for tag in events.Tags()["scalars"])
     steps = [event.step for event in events.Scalars("cca/linear_cka_to_final/fc1")]
     assert steps == sorted(set(steps)), "one point per step"
+
+
+def test_the_html_report_has_a_column_for_a_chosen_reference_step(demo_run, tmp_path):
+    _, run_dir = demo_run
+    out = tmp_path / "report"
+    steps = SnapshotStore(run_dir / SNAPSHOT_DIR_NAME).steps()
+    main(["report", str(run_dir), "--reference-step", str(steps[1]), "--out", str(out), "--html"])
+    assert f"step {steps[1]}</th>" in (out / "report.html").read_text()
