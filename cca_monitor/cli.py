@@ -15,6 +15,7 @@ import argparse
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -289,7 +290,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cca_monitor.demo import DEFAULT_MAX_EPOCHS
 
         args.epochs = DEFAULT_MAX_EPOCHS
-    return args.run(args)
+    shown_as = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        return args.run(args)
+    finally:
+        warnings.formatwarning = shown_as
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """A warning printed by the command: its category and message, without source lines."""
+    return f"{category.__name__}: {message}\n"
 
 
 if __name__ == "__main__":

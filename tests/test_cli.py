@@ -1,6 +1,8 @@
 """The cca-monitor command: demo (smoke) and report on the demo's output."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -174,3 +176,17 @@ def test_the_html_report_has_a_column_for_a_chosen_reference_step(demo_run, tmp_
     steps = SnapshotStore(run_dir / SNAPSHOT_DIR_NAME).steps()
     main(["report", str(run_dir), "--reference-step", str(steps[1]), "--out", str(out), "--html"])
     assert f"step {steps[1]}</th>" in (out / "report.html").read_text()
+
+
+def test_warnings_are_printed_on_one_line_by_the_command(tmp_path):
+    for run in ("a", "b"):
+        _two_snapshots(tmp_path / run)  # no metadata: no probe fingerprint, a warning
+    finished = subprocess.run(
+        [sys.executable, "-m", "cca_monitor.cli", "compare", "a", "b", "--out", "cmp"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "UserWarning: runs ['a', 'b'] record no probe fingerprint" in finished.stderr
+    assert "compare_runs(" not in finished.stderr, "no source line"
