@@ -506,6 +506,21 @@ def report_problems(problems: Mapping[str, Iterable[str]]) -> None:
         warnings.warn(f"layer {layer!r} {'; '.join(distinct)}", LayerWarning, stacklevel=2)
 
 
+def reference_name(summary: Mapping[str, Any]) -> str:
+    """What the distances "to final" of a run summary were measured to, in words.
+
+    Example:
+        >>> reference_name({"steps": [0, 5, 9], "reference_step": 9})
+        'final representation'
+        >>> reference_name({"steps": [0, 5, 9], "reference_step": 5})
+        'snapshot at step 5'
+    """
+    steps, reference = summary["steps"], summary.get("reference_step")
+    if reference is None or reference == steps[-1]:
+        return "final representation"
+    return f"snapshot at step {reference}"
+
+
 def table_steps(steps: Sequence[int], count: int, *, reference: int | None = None) -> list[int]:
     """Up to ``count`` of ``steps`` evenly picked, first and last included, plus ``reference``.
 

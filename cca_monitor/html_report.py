@@ -18,7 +18,7 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING
 
-from cca_monitor.convergence import convergence_steps, table_steps
+from cca_monitor.convergence import convergence_steps, reference_name, table_steps
 from cca_monitor.plots import convergence_figure, heatmap_figure
 
 if TYPE_CHECKING:
@@ -57,10 +57,10 @@ figure img { max-width: 100%; }
 <h1>$title</h1>
 $settings
 <h2>Convergence</h2>
-<p class="note">First snapshot step from which a layer stays within $threshold of its final
-representation (distance = 1 - similarity), per measure.$floor_note</p>
+<p class="note">First snapshot step from which a layer stays within $threshold of its
+$reference (distance = 1 - similarity), per measure.$floor_note</p>
 $convergence
-<h2>Distance to the final representation</h2>
+<h2>Distance to the $reference</h2>
 $distances
 <h2>Figures</h2>
 $figures
@@ -70,8 +70,8 @@ $figures
 )
 
 _FLOOR_NOTE = (
-    " The noise floor is the distance of the final representation to a row-shuffled copy of"
-    " itself: what unrelated data scores with these shapes."
+    " The noise floor is the distance of the {reference} to a row-shuffled copy of itself:"
+    " what unrelated data scores with these shapes."
 )
 
 
@@ -160,19 +160,22 @@ def _figure_html(figure: Figure, caption: str) -> str:
 def _figures(analysis: RunAnalysis) -> str:
     records: Sequence[DistanceRecord] = analysis.records
     has_previous = {r.measure for r in records if r.reference == "previous"}
+    reference = reference_name(analysis.summary)
     parts = []
     for measure in analysis.measures:
         kwargs = {"measure": measure, "layers": analysis.layers}
+        named = {**kwargs, "reference_name": reference}
         parts.append(f"<h3>{_text(measure)}</h3>")
         parts.append(
             _figure_html(
-                convergence_figure(records, **kwargs),
-                f"{measure} distance of each layer to its final representation",
+                convergence_figure(records, **named),
+                f"{measure} distance of each layer to its {reference}",
             )
         )
         parts.append(
             _figure_html(
-                heatmap_figure(records, **kwargs), f"{measure} distance to final, layer x step"
+                heatmap_figure(records, **named),
+                f"{measure} distance to the {reference}, layer x step",
             )
         )
         if measure in has_previous:
@@ -217,11 +220,13 @@ def render_html(
             "`analysis` has no layer with distances to the final representation; "
             "there is nothing to report"
         )
+    reference = _text(reference_name(analysis.summary))
     return _PAGE.substitute(
         title=_text(title),
         settings=_settings(analysis),
         threshold=_text(analysis.summary["threshold"]),
-        floor_note=_FLOOR_NOTE if noise_floors else "",
+        reference=reference,
+        floor_note=_FLOOR_NOTE.format(reference=reference) if noise_floors else "",
         convergence=_convergence_table(analysis, noise_floors),
         distances=_distance_tables(analysis),
         figures=_figures(analysis),

@@ -92,8 +92,9 @@ def _grid(records: Sequence[DistanceRecord], layers: Sequence[str]) -> tuple[lis
     return steps, grid
 
 
-def _title(measure: str, reference: str) -> str:
-    return f"{measure} distance to {_REFERENCE_NAMES.get(reference, reference)}"
+def _title(measure: str, reference: str, reference_name: str | None) -> str:
+    name = reference_name if reference == "final" and reference_name else None
+    return f"{measure} distance to {name or _REFERENCE_NAMES.get(reference, reference)}"
 
 
 def convergence_figure(
@@ -103,6 +104,7 @@ def convergence_figure(
     reference: str = "final",
     noise_floor: float | None = None,
     layers: Sequence[str] | None = None,
+    reference_name: str | None = None,
 ) -> Figure:
     """Plot each layer's distance to the reference against the training step.
 
@@ -119,6 +121,9 @@ def convergence_figure(
             to the top marks distances no better than unrelated.
         layers: Layers to plot, bottom to top; layers without records are skipped. Defaults
             to all layers with records, in the order first seen.
+        reference_name: The title's name of the "final" reference, e.g. ``"snapshot at step
+            300"`` (:func:`cca_monitor.convergence.reference_name`); default "final
+            representation".
 
     Returns:
         A figure with one axes holding one line per layer.
@@ -157,7 +162,7 @@ def convergence_figure(
     axes.set_ylim(0.0, top + _Y_MARGIN)
     axes.set_xlabel("training step")
     axes.set_ylabel("distance (1 - similarity)")
-    axes.set_title(_title(measure, reference))
+    axes.set_title(_title(measure, reference, reference_name))
     axes.grid(alpha=0.3)
     axes.legend(title="layer", fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
     return figure
@@ -175,6 +180,7 @@ def heatmap_figure(
     measure: str,
     reference: str = "final",
     layers: Sequence[str] | None = None,
+    reference_name: str | None = None,
 ) -> Figure:
     """Draw distances as a layer x snapshot map, with the bottom layer in the bottom row.
 
@@ -188,6 +194,8 @@ def heatmap_figure(
         reference: ``"final"`` or ``"previous"``.
         layers: Layers to show, bottom to top; layers without records are skipped. Defaults
             to all layers with records, in the order first seen.
+        reference_name: The title's name of the "final" reference (see
+            :func:`convergence_figure`).
 
     Returns:
         A figure with the map's axes and a colorbar axes.
@@ -222,7 +230,7 @@ def heatmap_figure(
     axes.set_yticks(range(len(order)), order)
     axes.set_xlabel("training step")
     axes.set_ylabel("layer")
-    axes.set_title(_title(measure, reference))
+    axes.set_title(_title(measure, reference, reference_name))
     figure.colorbar(image, ax=axes, label="distance (1 - similarity)")
     return figure
 
@@ -245,6 +253,7 @@ def final_figure_images(
     *,
     layers: Sequence[str] | None = None,
     noise_floors: Mapping[str, float] | None = None,
+    reference_name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Render the curves and the heatmap of the distances to final of each measure, once.
 
@@ -257,6 +266,7 @@ def final_figure_images(
         layers: Layers to draw, bottom to top; see :func:`convergence_figure`.
         noise_floors: ``{measure: distance}`` drawn as the band of unrelated distances on the
             curves (see :func:`convergence_figure`).
+        reference_name: The titles' name of the reference (see :func:`convergence_figure`).
 
     Returns:
         ``{"<measure>_to_final": curves, "<measure>_heatmap": heatmap}`` as RGB arrays of
@@ -272,9 +282,10 @@ def final_figure_images(
     images = {}
     for measure in measures:
         floor = (noise_floors or {}).get(measure)
-        curves = convergence_figure(records, measure=measure, noise_floor=floor, layers=layers)
+        named = {"measure": measure, "layers": layers, "reference_name": reference_name}
+        curves = convergence_figure(records, noise_floor=floor, **named)
         images[f"{measure}_to_final"] = figure_to_image(curves)
-        heatmap = heatmap_figure(records, measure=measure, layers=layers)
+        heatmap = heatmap_figure(records, **named)
         images[f"{measure}_heatmap"] = figure_to_image(heatmap)
     return images
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from cca_monitor.convergence import reference_name
 from cca_monitor.plots import final_figure_images, save_images
 from cca_monitor.records import DistanceRecord
 from cca_monitor.storage import write_results
@@ -348,7 +349,11 @@ def write_report(
         return paths
     floors = _lowest_noise_floors(analysis.summary.get("noise_floor", {}))
     images = final_figure_images(
-        analysis.records, analysis.measures, layers=analysis.layers, noise_floors=floors
+        analysis.records,
+        analysis.measures,
+        layers=analysis.layers,
+        noise_floors=floors,
+        reference_name=reference_name(analysis.summary),
     )
     paths += save_images(images, directory)
     to_final = [record for record in analysis.records if record.reference == "final"]

@@ -175,7 +175,10 @@ def test_the_html_report_has_a_column_for_a_chosen_reference_step(demo_run, tmp_
     out = tmp_path / "report"
     steps = SnapshotStore(run_dir / SNAPSHOT_DIR_NAME).steps()
     main(["report", str(run_dir), "--reference-step", str(steps[1]), "--out", str(out), "--html"])
-    assert f"step {steps[1]}</th>" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert f"step {steps[1]}</th>" in page
+    assert f"<h2>Distance to the snapshot at step {steps[1]}</h2>" in page
+    assert "final representation" not in page
 
 
 def test_warnings_are_printed_on_one_line_by_the_command(tmp_path):

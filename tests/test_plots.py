@@ -64,6 +64,15 @@ def test_convergence_plots_the_selected_distances():
     assert figure.axes[0].get_title() == "pwcca distance to previous snapshot"
 
 
+@pytest.mark.parametrize("draw", [convergence_figure, heatmap_figure], ids=["curves", "heatmap"])
+def test_a_reference_other_than_the_last_snapshot_is_named_in_the_title(draw):
+    records = _records()
+    named = draw(records, measure="svcca", reference_name="snapshot at step 64")
+    assert named.axes[0].get_title() == "svcca distance to snapshot at step 64"
+    previous = draw(records, measure="svcca", reference="previous", reference_name="ignored")
+    assert previous.axes[0].get_title() == "svcca distance to previous snapshot"
+
+
 def test_convergence_title_axes_and_limits():
     axes = convergence_figure(_records(), measure="svcca").axes[0]
     assert axes.get_title() == "svcca distance to final representation"
