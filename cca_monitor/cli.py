@@ -19,7 +19,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cca_monitor.convergence import RunAnalysis, analyse_snapshots, table_steps
+from cca_monitor.convergence import (
+    RunAnalysis,
+    analyse_snapshots,
+    reference_name,
+    table_steps,
+)
 from cca_monitor.similarity import MEASURES
 from cca_monitor.storage import SnapshotStore, find_store
 
@@ -112,11 +117,12 @@ def _clear_previous_report(out: Path) -> None:
     in its TensorBoard subfolder (new events would add a second point at every step).
     """
     from cca_monitor.html_report import HTML_REPORT_NAME
+    from cca_monitor.plots import final_image_names, image_file_name
     from cca_monitor.storage import RESULTS_CSV_NAME, RESULTS_JSON_NAME
 
     names = {RESULTS_CSV_NAME, RESULTS_JSON_NAME, HTML_REPORT_NAME}
     for measure in MEASURES:
-        names |= {f"cca_{measure}_to_final.png", f"cca_{measure}_heatmap.png"}
+        names |= {image_file_name(name) for name in final_image_names(measure)}
     stale = [out / name for name in sorted(names)]
     stale += sorted((out / REPORT_TENSORBOARD_DIR).glob("events.out.tfevents.*"))
     for path in stale:
@@ -186,12 +192,7 @@ def format_table(records: RunAnalysis | Sequence, summary: dict) -> str:
     width = max([len("layer"), *map(len, layers)])
     header = f"{'layer':<{width}}  " + "  ".join(f"{'step ' + str(s):>10}" for s in picks)
     header += f"  {'within ' + str(threshold):>12}"
-    title = (
-        f"{measure} distance to the final representation"
-        if reference == steps[-1]
-        else f"{measure} distance to the snapshot at step {reference}"
-    )
-    lines = [title, header, "-" * len(header)]
+    lines = [f"{measure} distance to the {reference_name(summary)}", header, "-" * len(header)]
     for layer in layers:
         cells = "  ".join(_cell(values.get((layer, s))) for s in picks)
         converged = summary["convergence_step"].get(layer)

@@ -247,6 +247,16 @@ def figure_to_image(figure: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def final_image_names(measure: str) -> tuple[str, str]:
+    """The names :func:`final_figure_images` gives ``measure``'s curves and heatmap."""
+    return f"{measure}_to_final", f"{measure}_heatmap"
+
+
+def image_file_name(name: str) -> str:
+    """The file name :func:`save_images` writes the image ``name`` to."""
+    return f"cca_{name}.png"
+
+
 def final_figure_images(
     records: Sequence[DistanceRecord],
     measures: Sequence[str],
@@ -283,10 +293,11 @@ def final_figure_images(
     for measure in measures:
         floor = (noise_floors or {}).get(measure)
         named = {"measure": measure, "layers": layers, "reference_name": reference_name}
+        curves_name, heatmap_name = final_image_names(measure)
         curves = convergence_figure(records, noise_floor=floor, **named)
-        images[f"{measure}_to_final"] = figure_to_image(curves)
+        images[curves_name] = figure_to_image(curves)
         heatmap = heatmap_figure(records, **named)
-        images[f"{measure}_heatmap"] = figure_to_image(heatmap)
+        images[heatmap_name] = figure_to_image(heatmap)
     return images
 
 
@@ -300,7 +311,7 @@ def save_images(images: Mapping[str, np.ndarray], directory: str | os.PathLike[s
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, image in images.items():
-        path = folder / f"cca_{name}.png"
+        path = folder / image_file_name(name)
         mpl.image.imsave(path, image)
         paths.append(path)
     log.info("Wrote %d figures to %s", len(paths), folder)

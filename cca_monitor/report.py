@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.tensorboard import SummaryWriter
 
 from cca_monitor.convergence import reference_name
-from cca_monitor.plots import final_figure_images, save_images
+from cca_monitor.plots import final_figure_images, final_image_names, save_images
 from cca_monitor.records import DistanceRecord
 from cca_monitor.storage import write_results
 
@@ -225,7 +225,7 @@ def _write_extras(
         writer.add_custom_scalars(layout)
     last_step = max(record.step for record in records)
     for measure in measures:
-        for tag, name in (("curves", f"{measure}_to_final"), ("heatmap", f"{measure}_heatmap")):
+        for tag, name in zip(("curves", "heatmap"), final_image_names(measure), strict=True):
             writer.add_image(
                 f"cca/{measure}_to_final_{tag}", images[name], last_step, dataformats="HWC"
             )
