@@ -205,12 +205,13 @@ class SnapshotStore:
             ValueError: If the file cannot be read (e.g. truncated); the message names it.
         """
         path = self._existing_path(step)
-        if not zipfile.is_zipfile(path):
-            _raise_unreadable(path, "not a complete file written by torch.save")
         try:
             snapshot = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            _raise_unreadable(path, str(error), error)
+            # torch's reason for a file that is not a whole zip archive speaks of mmap options
+            complete = zipfile.is_zipfile(path)
+            reason = str(error) if complete else "not a complete file written by torch.save"
+            _raise_unreadable(path, reason, error)
         if not isinstance(snapshot, dict) or not all(
             isinstance(layer, str) and isinstance(value, torch.Tensor)
             for layer, value in snapshot.items()
